@@ -1,0 +1,147 @@
+"""The one command line: `newsq worker | enqueue | db upgrade | model init | demo`.
+
+Options override the matching NEWSQ_* setting for this command and the processes it starts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from newsq.settings import Settings, get_settings
+
+app = typer.Typer(
+    help="Classify news articles with BERT behind a Redis queue.", no_args_is_help=True
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+model_app = typer.Typer(help="Model folders.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(model_app, name="model")
+
+
+def settings_with(**overrides: object) -> Settings:
+    """Apply CLI overrides through the environment, so worker subprocesses inherit them too."""
+    for key, value in overrides.items():
+        if value is not None:
+            os.environ[f"NEWSQ_{key.upper()}"] = str(value)
+    get_settings.cache_clear()
+    return get_settings()
+
+
+@app.command()
+def worker(
+    queues: Annotated[
+        str, typer.Option(help="Comma-separated queues to consume.")
+    ] = "newsq.classify",
+    concurrency: Annotated[
+        int | None, typer.Option(help="Task threads (NEWSQ_CONCURRENCY).")
+    ] = None,
+    hostname: Annotated[str, typer.Option(help="Celery node name.")] = "newsq@%h",
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
+    loglevel: Annotated[str | None, typer.Option(help="Log level (NEWSQ_LOG_LEVEL).")] = None,
+) -> None:
+    """Run a worker: a Celery thread pool feeding one in-process batcher and model."""
+    settings = settings_with(device=device, concurrency=concurrency, log_level=loglevel)
+    from producer.contract import CLASSIFY_QUEUE
+    from worker import services
+    from worker.app import app as celery_app
+
+    if CLASSIFY_QUEUE in queues.split(","):
+        services.batcher()  # load the model before taking messages: a broken model fails here
+    celery_app.worker_main(
+        [
+            "worker",
+            "--pool=threads",
+            f"--concurrency={settings.concurrency}",
+            f"--queues={queues}",
+            f"--hostname={hostname}",
+            f"--loglevel={settings.log_level}",
+            "--without-mingle",
+        ]
+    )
+
+
+@app.command()
+def enqueue(
+    titles: Annotated[list[str] | None, typer.Argument(help="Titles to classify.")] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            help="One title per line; a TAB and what follows is ignored (the THUCNews format)."
+        ),
+    ] = None,
+    priority: Annotated[int | None, typer.Option(help="0 (first) .. 9 (last).")] = None,
+    chunk_size: Annotated[int, typer.Option(help="Articles per message (1..1024).")] = 256,
+) -> None:
+    """Enqueue titles for classification and print their ids."""
+    from producer.client import NewsClient
+
+    items: list[str] = list(titles or [])
+    if file is not None:
+        with file.open(encoding="utf-8-sig") as handle:
+            items += [line.split("\t", 1)[0].strip() for line in handle if line.strip()]
+    if not items:
+        raise typer.BadParameter("give titles as arguments or --file")
+    with NewsClient(get_settings().broker_url) as client:
+        try:
+            ids = client.enqueue(
+                [{"title": t} for t in items], priority=priority, chunk_size=chunk_size
+            )
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+    for article_id in ids:
+        typer.echo(article_id)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Create or migrate the schema at NEWSQ_DATABASE_URL."""
+    from db.migrate import upgrade
+
+    upgrade(get_settings().database_url, revision)
+    typer.echo(f"database at revision {revision}")
+
+
+@model_app.command("init")
+def model_init(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write (save_pretrained layout).")],
+    config: Annotated[str, typer.Option(help="Model shape: small or base.")] = "small",
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option(help="bert-base-chinese tokenizer/config folder (NEWSQ_TOKENIZER_DIR)."),
+    ] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Write a randomly initialised classifier with the real tokenizer and the 10 labels."""
+    from worker.model_shapes import init_model
+
+    tokenizer_dir = tokenizer or Path(get_settings().tokenizer_dir)
+    if not (tokenizer_dir / "vocab.txt").exists():
+        raise typer.BadParameter(f"no vocab.txt in {tokenizer_dir}", param_hint="--tokenizer")
+    version = init_model(config, out_dir, tokenizer_dir, seed=seed)
+    typer.echo(f"wrote {config} model version {version} to {out_dir}")
+
+
+@app.command()
+def demo(
+    data: Annotated[Path, typer.Option(help="title<TAB>label file to classify.")] = Path(
+        "../shared/data/thucnews/test.txt"
+    ),
+    count: Annotated[int, typer.Option(help="How many titles.")] = 1000,
+    tokenizer: Annotated[
+        Path | None, typer.Option(help="Tokenizer folder for a new model.")
+    ] = None,
+) -> None:
+    """Start a worker, classify titles end to end, print a summary and how to query it."""
+    from newsq.demo import run_demo
+
+    if not data.exists():
+        raise typer.BadParameter(f"{data} does not exist", param_hint="--data")
+    run_demo(settings_with(tokenizer_dir=tokenizer), data, count)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,65 @@
+"""Runtime configuration, read from `NEWSQ_*` environment variables (or a `.env` file).
+
+One place for every knob, so the CLI, the worker and the demo agree on defaults and a deployment
+is described entirely by its environment.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NEWSQ_", env_file=".env", extra="ignore")
+
+    broker_url: str = Field(
+        "redis://localhost:6379/0", description="Redis URL of the Celery broker."
+    )
+    database_url: str = Field(
+        "sqlite:///newsq.db",
+        description="SQLAlchemy URL; SQLite file by default, PostgreSQL in production.",
+    )
+    model_dir: str = Field(
+        "models/current",
+        description="save_pretrained folder or Hugging Face model name the classify worker loads.",
+    )
+    model_version: str | None = Field(
+        None,
+        description="Version label stored with predictions; derived from the model when unset.",
+    )
+    tokenizer_dir: str = Field(
+        "../shared/data/bert-base-chinese",
+        description="Tokenizer/config folder used by `newsq model init` for new models.",
+    )
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    token_budget: int = Field(
+        8192, gt=0, description="Max rows x padded length of one forward batch."
+    )
+    max_wait_ms: float = Field(
+        20.0, ge=0, description="How long the first article of a batch may wait for company."
+    )
+    max_batch_rows: int = Field(512, gt=0, description="Hard cap on rows in one batch.")
+    max_length: int = Field(
+        64, gt=2, le=512, description="Tokens per article (longer is truncated)."
+    )
+    concurrency: int = Field(
+        64, gt=0, description="Worker threads; each holds one message while its rows are written."
+    )
+    prefetch_multiplier: int = Field(1, gt=0, description="Messages reserved per worker thread.")
+    visibility_timeout: int = Field(
+        3600, gt=0, description="Seconds before Redis redelivers an unacked message."
+    )
+    task_timeout: float = Field(
+        600.0, gt=0, description="Seconds a classify task waits for its rows to be committed."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; cached so every module sees one consistent snapshot."""
+    return Settings()

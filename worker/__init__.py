@@ -1,0 +1,1 @@
+"""Everything that runs inside a newsq worker: the Celery app, batcher, model runtime, tasks."""

@@ -1,0 +1,58 @@
+"""The Celery app of the workers: JSON only, late acks, bounded prefetch, priority queues.
+
+`celery -A worker.app worker` and `newsq worker` both use this module-level `app`.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu.entity import Queue
+
+from newsq.settings import Settings, get_settings
+from producer.contract import (
+    BROKER_TRANSPORT_OPTIONS,
+    CLASSIFY_QUEUE,
+    CLASSIFY_TASK,
+    SERIALIZER,
+    TRAIN_QUEUE,
+    TRAIN_TASK,
+)
+
+
+def create_app(settings: Settings) -> Celery:
+    app = Celery("newsq", broker=settings.broker_url, include=["worker.tasks"])
+    app.conf.update(
+        # Contract: JSON only; a pickled message is refused before it is deserialized.
+        task_serializer=SERIALIZER,
+        accept_content=[SERIALIZER],
+        result_accept_content=[SERIALIZER],
+        # Results live in SQL, not in a result backend.
+        task_ignore_result=True,
+        # At-least-once: ack only after the task returned, i.e. after its rows were committed.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=settings.prefetch_multiplier,
+        broker_transport_options={
+            **BROKER_TRANSPORT_OPTIONS,
+            "visibility_timeout": settings.visibility_timeout,
+        },
+        broker_connection_retry_on_startup=True,
+        task_queues=(
+            Queue(CLASSIFY_QUEUE, routing_key=CLASSIFY_QUEUE),
+            Queue(TRAIN_QUEUE, routing_key=TRAIN_QUEUE),
+        ),
+        task_default_queue=CLASSIFY_QUEUE,
+        task_routes={
+            CLASSIFY_TASK: {"queue": CLASSIFY_QUEUE},
+            TRAIN_TASK: {"queue": TRAIN_QUEUE},
+        },
+        # Flower and `celery events` see every task.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        # Malformed messages leave a reject row instead of only a log line.
+        worker_consumer="worker.consumer:RejectingConsumer",
+    )
+    return app
+
+
+app = create_app(get_settings())

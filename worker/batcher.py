@@ -1,0 +1,221 @@
+"""The in-process micro-batcher: many classify tasks in, few large forward passes out.
+
+Three threads form a pipeline so that tokenizing, the forward pass and the SQL write of
+consecutive batches overlap (each releases the GIL in native code):
+
+    submit() -> inbox -> [tokenize: window, sort, cut, pad] -> 1 batch ahead -> [model] -> [write]
+
+A task thread submits its articles and waits on its Ticket, which settles only when every one of
+its rows is committed; the Celery message is acked after that (acks_late), so a crash anywhere
+before the commit leaves the message to be redelivered.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from db.store import ArticleRecord, PredictionRecord, ResultStore
+from producer.contract import Article
+from worker.batch_policy import BatchPolicy
+from worker.model import ModelRuntime, TensorBatch
+
+log = logging.getLogger(__name__)
+
+_STOP: Any = object()
+
+
+class Ticket:
+    """One task's share of the work; settles when all its articles are committed or one fails."""
+
+    def __init__(self, count: int) -> None:
+        self._remaining = count
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self.error: BaseException | None = None
+        self.model_version: str | None = None
+        if count == 0:
+            self._done.set()
+
+    def settle(self, count: int, model_version: str) -> None:
+        with self._lock:
+            self._remaining -= count
+            self.model_version = model_version
+            if self._remaining <= 0:
+                self._done.set()
+
+    def fail(self, error: BaseException) -> None:
+        with self._lock:
+            if self.error is None:
+                self.error = error
+            self._done.set()
+
+    def wait(self, timeout: float) -> str | None:
+        """Block until settled; re-raise the batch's error; return the model version used."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"rows not committed within {timeout:.0f}s")
+        if self.error is not None:
+            raise self.error
+        return self.model_version
+
+
+@dataclass(slots=True)
+class _Item:
+    article: Article
+    ticket: Ticket
+    arrived: float
+    tokens: int
+
+
+@dataclass(slots=True)
+class _Batch:
+    items: list[_Item]
+    tensors: TensorBatch | None = None
+    probs: np.ndarray | None = None
+    model_version: str = ""
+    labels: list[str] = field(default_factory=list)
+
+
+class Batcher:
+    def __init__(self, runtime: ModelRuntime, store: ResultStore, policy: BatchPolicy) -> None:
+        self.runtime = runtime
+        self.store = store
+        self.policy = policy
+        self._inbox: queue.Queue[Any] = queue.Queue()
+        # One batch prepared ahead of the model, one scored batch ahead of the writer.
+        self._prepared: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self._scored: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self._threads = [
+            threading.Thread(target=self._tokenize_loop, name="newsq-tokenize", daemon=True),
+            threading.Thread(target=self._model_loop, name="newsq-model", daemon=True),
+            threading.Thread(target=self._write_loop, name="newsq-write", daemon=True),
+        ]
+        self._closed = False
+
+    def start(self) -> Batcher:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def submit(self, articles: Sequence[Article]) -> Ticket:
+        if self._closed:
+            raise RuntimeError("batcher is closed")
+        ticket = Ticket(len(articles))
+        now = time.monotonic()
+        for article in articles:
+            tokens = self.policy.estimate_tokens(article.title, article.content)
+            self._inbox.put(_Item(article, ticket, now, tokens))
+        return ticket
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Finish what was submitted, then stop the threads."""
+        if self._closed:
+            return
+        self._closed = True
+        self._inbox.put(_STOP)
+        for thread in self._threads:
+            thread.join(timeout)
+
+    # -- stage 1: collect a window, sort and cut it, tokenize and pad ---------------------------
+    def _tokenize_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._inbox.get()
+            if first is _STOP:
+                break
+            window, stopping = self._collect_window(first)
+            try:
+                for batch in self._prepare(window):
+                    self._prepared.put(batch)
+            except Exception as exc:  # a failed window fails its tasks, never the worker
+                log.exception("tokenizing a window of %d articles failed", len(window))
+                _fail(window, exc)
+        self._prepared.put(_STOP)
+
+    def _collect_window(self, first: _Item) -> tuple[list[_Item], bool]:
+        policy = self.policy
+        window, tokens = [first], first.tokens
+        while not policy.window_closed(tokens, len(window), time.monotonic() - first.arrived):
+            try:
+                item = self._inbox.get(timeout=policy.wait_left(time.monotonic() - first.arrived))
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return window, True
+            window.append(item)
+            tokens += item.tokens
+        # Whatever else is already waiting joins the window, so sorting has material under load.
+        while tokens < policy.window_token_cap:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return window, True
+            window.append(item)
+            tokens += item.tokens
+        return window, False
+
+    def _prepare(self, window: list[_Item]) -> list[_Batch]:
+        runtime = self.runtime
+        encoded = runtime.encode([(i.article.title, i.article.content) for i in window])
+        batches = []
+        for rows in self.policy.plan(encoded.lengths):
+            batches.append(_Batch([window[i] for i in rows], runtime.collate(encoded, rows)))
+        return batches
+
+    # -- stage 2: the forward pass ----------------------------------------------------------------
+    def _model_loop(self) -> None:
+        while (batch := self._prepared.get()) is not _STOP:
+            try:
+                assert batch.tensors is not None
+                runtime = self.runtime
+                batch.probs = runtime.predict(batch.tensors)
+                batch.model_version = runtime.version
+                batch.labels = runtime.labels
+                batch.tensors = None
+            except Exception as exc:
+                log.exception("forward pass over %d articles failed", len(batch.items))
+                _fail(batch.items, exc)
+                continue
+            self._scored.put(batch)
+        self._scored.put(_STOP)
+
+    # -- stage 3: one bulk upsert per batch, then release the waiting tasks --------------------
+    def _write_loop(self) -> None:
+        while (batch := self._scored.get()) is not _STOP:
+            try:
+                self._write(batch)
+            except Exception as exc:
+                log.exception("writing a batch of %d predictions failed", len(batch.items))
+                _fail(batch.items, exc)
+                continue
+            for item in batch.items:
+                item.ticket.settle(1, batch.model_version)
+
+    def _write(self, batch: _Batch) -> None:
+        assert batch.probs is not None
+        labels = batch.labels
+        top = batch.probs.argmax(axis=1)
+        scores = batch.probs[np.arange(len(top)), top]
+        rounded = np.round(batch.probs, 6).tolist()
+        articles, predictions = [], []
+        for item, label_id, score, probs in zip(
+            batch.items, top.tolist(), scores.tolist(), rounded, strict=True
+        ):
+            a = item.article
+            articles.append(ArticleRecord(a.key, a.title, a.content, a.source))
+            predictions.append(PredictionRecord(a.key, label_id, labels[label_id], score, probs))
+        self.store.write_batch(articles, predictions, batch.model_version)
+
+
+def _fail(items: Sequence[_Item], error: BaseException) -> None:
+    for item in items:
+        item.ticket.fail(error)

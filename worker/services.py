@@ -1,0 +1,68 @@
+"""The per-process singletons of a worker: the result store, the model runtime, the batcher.
+
+Built lazily inside the worker process (engines and CUDA contexts must not cross a fork) and
+shared by all task threads; the CLI builds them before consuming so a broken model fails fast.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from db.engine import make_engine
+from db.store import ResultStore
+from newsq.settings import Settings, get_settings
+from worker.batch_policy import BatchPolicy
+from worker.batcher import Batcher
+from worker.model import ModelRuntime
+
+
+class _Singletons:
+    """Holder of the process-wide objects, guarded by one lock."""
+
+    lock = threading.Lock()
+    store: ResultStore | None = None
+    batcher: Batcher | None = None
+
+
+def store() -> ResultStore:
+    with _Singletons.lock:
+        if _Singletons.store is None:
+            _Singletons.store = ResultStore(make_engine(get_settings().database_url))
+        return _Singletons.store
+
+
+def policy_from(settings: Settings) -> BatchPolicy:
+    return BatchPolicy(
+        token_budget=settings.token_budget,
+        max_wait_s=settings.max_wait_ms / 1000,
+        max_rows=settings.max_batch_rows,
+        max_length=settings.max_length,
+    )
+
+
+def batcher() -> Batcher:
+    """Load the model, register its version in SQL, start the pipeline threads (once)."""
+    results = store()
+    with _Singletons.lock:
+        if _Singletons.batcher is None:
+            settings = get_settings()
+            runtime = ModelRuntime.load(
+                settings.model_dir,
+                device=settings.device,
+                max_length=settings.max_length,
+                version=settings.model_version,
+            )
+            results.register_model_version(runtime.version, runtime.path)
+            _Singletons.batcher = Batcher(runtime, results, policy_from(settings)).start()
+        return _Singletons.batcher
+
+
+def shutdown() -> None:
+    """Drain the batcher (the pool has already finished its tasks) and release the database."""
+    with _Singletons.lock:
+        if _Singletons.batcher is not None:
+            _Singletons.batcher.close()
+            _Singletons.batcher = None
+        if _Singletons.store is not None:
+            _Singletons.store.engine.dispose()
+            _Singletons.store = None
