@@ -51,6 +51,13 @@ class Article(BaseModel):
     content: str | None = None
     source: str | None = None
 
+    @field_validator("id", "title", "content", "source")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:
+            raise ValueError("contains a NUL character, which SQL text columns cannot store")
+        return value
+
     @field_validator("title")
     @classmethod
     def _title_not_blank(cls, value: str) -> str:

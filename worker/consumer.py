@@ -13,7 +13,7 @@ from celery.worker.consumer import Consumer
 
 from db.store import RejectRecord
 from worker import services
-from worker.intake import MAX_PAYLOAD_CHARS, WHOLE_MESSAGE
+from worker.intake import WHOLE_MESSAGE, cut_payload
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def _record(message: Any, reason: str) -> None:
     text = body.decode("utf-8", "backslashreplace") if isinstance(body, bytes) else str(body)
     try:
         services.store().write_rejects(
-            [RejectRecord(reason=reason, payload=text[:MAX_PAYLOAD_CHARS], position=WHOLE_MESSAGE)],
+            [RejectRecord(reason=reason, payload=cut_payload(text), position=WHOLE_MESSAGE)],
             message_id,
         )
     except Exception:

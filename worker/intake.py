@@ -37,6 +37,12 @@ def describe(error: ValidationError) -> str:
 def dump_payload(value: Any) -> str:
     """The payload as received, as JSON text (cut when huge), for the rejects table."""
     text = json.dumps(value, ensure_ascii=False, default=repr)
+    return cut_payload(text)
+
+
+def cut_payload(text: str) -> str:
+    """Cap the size, and escape NULs, which PostgreSQL text cannot hold."""
+    text = text.replace("\x00", "\\x00")
     if len(text) > MAX_PAYLOAD_CHARS:
         return text[:MAX_PAYLOAD_CHARS] + f"... [{len(text) - MAX_PAYLOAD_CHARS} chars cut]"
     return text

@@ -1,0 +1,90 @@
+"""The batching policy, without threads, Redis or a model."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from worker.batch_policy import BatchPolicy
+
+
+def policy(**overrides: float) -> BatchPolicy:
+    values: dict[str, float] = {
+        "token_budget": 256,
+        "max_wait_s": 0.02,
+        "max_rows": 64,
+        "max_length": 64,
+    }
+    values.update(overrides)
+    return BatchPolicy(
+        token_budget=int(values["token_budget"]),
+        max_wait_s=values["max_wait_s"],
+        max_rows=int(values["max_rows"]),
+        max_length=int(values["max_length"]),
+    )
+
+
+def test_every_index_lands_in_exactly_one_batch() -> None:
+    lengths = [random.Random(seed).randint(3, 64) for seed in range(500)]
+    batches = policy().plan(lengths)
+    assert sorted(i for batch in batches for i in batch) == list(range(500))
+
+
+def test_batches_respect_the_token_budget_on_padded_size() -> None:
+    lengths = [random.Random(seed).randint(3, 64) for seed in range(500)]
+    for batch in policy(token_budget=256).plan(lengths):
+        assert len(batch) * max(lengths[i] for i in batch) <= 256
+
+
+def test_batches_are_sorted_by_length_so_padding_stays_small() -> None:
+    lengths = [10, 60, 11, 59, 12, 58, 13, 57]
+    batches = policy(token_budget=240).plan(lengths)
+    # Long with long, short with short: 4 x 60 = 240 then 4 x 13 = 52.
+    assert [sorted(lengths[i] for i in b) for b in batches] == [[57, 58, 59, 60], [10, 11, 12, 13]]
+    unsorted_padding = 8 * max(lengths)
+    sorted_padding = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    assert sorted_padding < unsorted_padding
+
+
+def test_max_rows_caps_a_batch_of_short_articles() -> None:
+    batches = policy(token_budget=10_000, max_rows=16).plan([5] * 40)
+    assert [len(b) for b in batches] == [16, 16, 8]
+
+
+def test_an_article_longer_than_the_budget_gets_a_batch_of_its_own() -> None:
+    batches = policy(token_budget=32).plan([64, 8, 8])
+    assert batches[0] == [0]
+    assert sorted(batches[1]) == [1, 2]
+
+
+def test_empty_window_plans_no_batch() -> None:
+    assert policy().plan([]) == []
+
+
+@pytest.mark.parametrize(
+    ("tokens", "rows", "age", "closed"),
+    [
+        (10, 1, 0.0, False),  # young and small: wait for company
+        (256, 4, 0.0, True),  # the budget is full
+        (10, 64, 0.0, True),  # the row cap is full
+        (10, 1, 0.02, True),  # the oldest waited max_wait
+    ],
+)
+def test_window_closes_on_budget_rows_or_max_wait(
+    tokens: int, rows: int, age: float, closed: bool
+) -> None:
+    assert policy().window_closed(tokens, rows, age) is closed
+
+
+def test_wait_left_counts_down_from_max_wait() -> None:
+    p = policy(max_wait_s=0.05)
+    assert p.wait_left(0.0) == pytest.approx(0.05)
+    assert p.wait_left(0.03) == pytest.approx(0.02)
+    assert p.wait_left(1.0) == 0.0
+
+
+def test_token_estimate_is_capped_at_max_length() -> None:
+    p = policy(max_length=32)
+    assert p.estimate_tokens("央行降准", None) == 4 + 3
+    assert p.estimate_tokens("标题" * 100, "正文") == 32

@@ -1,0 +1,183 @@
+"""The whole path on real services: Redis, a real worker process, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import time
+import uuid
+from pathlib import Path
+
+from kombu import Connection
+from sqlalchemy import Engine, func, select
+
+from db.models import Prediction, Reject
+from db.queries import committed_count
+from producer.client import NewsClient, celery_client
+from producer.contract import BROKER_TRANSPORT_OPTIONS, CLASSIFY_QUEUE, CLASSIFY_TASK
+from tests.conftest import WorkerFactory
+from worker.model_shapes import THUCNEWS_LABELS
+
+
+def titles(count: int, prefix: str) -> list[tuple[str, str, None]]:
+    words = ["央行", "股市", "球队", "游戏", "电影", "学校", "楼市", "科技", "政府", "社会"]
+    return [
+        (f"{prefix}-{i}", f"{words[i % 10]}新闻第{i}条：{words[(i * 7) % 10]}动态", None)
+        for i in range(count)
+    ]
+
+
+def wait_until(predicate: object, timeout: float = 120.0) -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"condition not met within {timeout:.0f}s")
+
+
+def prediction_rows(engine: Engine, ids: list[str]) -> list[Prediction]:
+    with engine.connect() as conn:
+        query = select(Prediction).where(Prediction.article_id.in_(ids))
+        return list(conn.execute(query).all())  # type: ignore[arg-type]
+
+
+def rejects_of(engine: Engine, message_id: str) -> list[Reject]:
+    with engine.connect() as conn:
+        query = select(Reject).where(Reject.message_id == message_id).order_by(Reject.position)
+        return list(conn.execute(query).all())  # type: ignore[arg-type]
+
+
+def test_thousand_articles_give_exactly_a_thousand_rows_and_resending_adds_none(
+    start_worker: WorkerFactory, engine: Engine, clean_redis: str
+) -> None:
+    start_worker()
+    articles = titles(1000, "e2e")
+    ids = [a[0] for a in articles]
+    with NewsClient(clean_redis) as client:
+        assert client.enqueue(articles) == ids
+        wait_until(lambda: committed_count(engine, ids) == 1000)
+        rows = prediction_rows(engine, ids)
+        assert len(rows) == 1000
+        for row in rows:
+            assert row.label in THUCNEWS_LABELS
+            assert THUCNEWS_LABELS[row.label_id] == row.label
+            assert len(row.probs) == 10
+            assert abs(sum(row.probs) - 1) < 1e-3
+            assert row.score == max(row.probs) or abs(row.score - max(row.probs)) < 1e-5
+
+        first_written = max(r.created_at for r in rows)
+        client.enqueue(articles)
+        # The resend is upserted: every row is rewritten, none is added.
+        wait_until(lambda: committed_count(engine, ids, since=first_written) == 1000)
+    with engine.connect() as conn:
+        versions = conn.execute(
+            select(Prediction.model_version, func.count())
+            .where(Prediction.article_id.in_(ids))
+            .group_by(Prediction.model_version)
+        ).all()
+    assert len(versions) == 1 and versions[0][1] == 1000
+
+
+def test_mixed_message_stores_good_rows_rejects_bad_and_worker_keeps_serving(
+    start_worker: WorkerFactory, engine: Engine, clean_redis: str
+) -> None:
+    worker = start_worker()
+    app = celery_client(clean_redis)
+    mixed = [
+        {"id": "good-1", "title": "央行宣布降准"},
+        {"id": "bad-no-title", "content": "正文"},
+        {"id": "bad-empty", "title": "  "},
+        {"id": "bad-type", "title": 12345},
+        {"id": "bad-field", "title": "标题", "url": "http://x"},
+        {"id": "long", "title": "长" * 3000, "content": "文" * 200_000},
+        {"id": "good-2", "title": "湖人队赢得比赛", "source": "wire"},
+    ]
+    message_id = app.send_task(CLASSIFY_TASK, kwargs={"articles": mixed}, queue=CLASSIFY_QUEUE).id
+    wait_until(lambda: committed_count(engine, ["good-1", "good-2", "long"]) == 3)
+    wait_until(lambda: len(rejects_of(engine, message_id)) == 4)
+    reasons = {r.article_id: r.reason for r in rejects_of(engine, message_id)}
+    assert "required" in reasons["bad-no-title"]
+    assert "title is empty" in reasons["bad-empty"]
+    assert "valid string" in reasons["bad-type"]
+    assert "url" in reasons["bad-field"] and "Extra inputs" in reasons["bad-field"]
+    payload = json.loads(rejects_of(engine, message_id)[0].payload)
+    assert payload == mixed[1]
+
+    # A message that is not the schema at all: one reject for the whole message.
+    wrong = app.send_task(CLASSIFY_TASK, kwargs={"items": ["x"]}, queue=CLASSIFY_QUEUE).id
+    wait_until(lambda: len(rejects_of(engine, wrong)) == 1)
+    assert "schema" in rejects_of(engine, wrong)[0].reason
+
+    assert worker.alive
+    with NewsClient(clean_redis) as client:
+        client.enqueue([("after-bad", "下一条新闻照常分类", None)])
+    wait_until(lambda: committed_count(engine, ["after-bad"]) == 1)
+    app.close()
+
+
+def publish_raw(redis_url: str, body: bytes, content_type: str, task_id: str) -> None:
+    """Put a hand-made protocol v2 envelope on the queue, bypassing Celery's serializer."""
+    with Connection(redis_url, transport_options=BROKER_TRANSPORT_OPTIONS) as conn:
+        producer = conn.Producer()
+        producer.publish(
+            body,
+            routing_key=CLASSIFY_QUEUE,
+            content_type=content_type,
+            content_encoding="binary" if content_type.endswith("serialize") else "utf-8",
+            headers={"task": CLASSIFY_TASK, "id": task_id, "lang": "py"},
+            declare=[],
+        )
+
+
+class SideEffect:
+    """Unpickling this would create a file: proof that a pickle was never loaded."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.path), "w"))
+
+
+def test_pickled_and_non_json_messages_are_refused_and_recorded(
+    start_worker: WorkerFactory, engine: Engine, clean_redis: str, tmp_path: Path
+) -> None:
+    worker = start_worker()
+    marker = tmp_path / "unpickled"
+    pickled_id, garbage_id = str(uuid.uuid4()), str(uuid.uuid4())
+    body = pickle.dumps(((), {"articles": [SideEffect(marker)]}, {}))
+    publish_raw(clean_redis, body, "application/x-python-serialize", pickled_id)
+    publish_raw(clean_redis, b'{"articles": [not json', "application/json", garbage_id)
+
+    wait_until(lambda: len(rejects_of(engine, pickled_id)) == 1)
+    wait_until(lambda: len(rejects_of(engine, garbage_id)) == 1)
+    assert "pickle" in rejects_of(engine, pickled_id)[0].reason
+    assert "could not be decoded" in rejects_of(engine, garbage_id)[0].reason
+    assert "[not json" in rejects_of(engine, garbage_id)[0].payload
+    assert not marker.exists()
+    assert worker.alive
+    time.sleep(1)  # refused once, not redelivered: still exactly one row each
+    assert len(rejects_of(engine, pickled_id)) == len(rejects_of(engine, garbage_id)) == 1
+
+
+def test_sigkill_mid_run_loses_nothing_and_duplicates_nothing(
+    start_worker: WorkerFactory, engine: Engine, clean_redis: str
+) -> None:
+    # A short visibility timeout so the restarted worker gets the dead one's messages back soon.
+    worker = start_worker(visibility_timeout=8)
+    articles = titles(5000, "kill")
+    ids = [a[0] for a in articles]
+    with NewsClient(clean_redis) as client:
+        client.enqueue(articles, chunk_size=50)
+    wait_until(lambda: committed_count(engine, ids) >= 500, timeout=120)
+    worker.kill()
+    at_kill = committed_count(engine, ids)
+    assert at_kill < 5000, "the run finished before the kill; nothing was tested"
+
+    start_worker(visibility_timeout=8)
+    wait_until(lambda: committed_count(engine, ids) == 5000, timeout=240)
+    rows = prediction_rows(engine, ids)
+    assert len(rows) == 5000
+    assert len({r.article_id for r in rows}) == 5000

@@ -1,0 +1,51 @@
+"""The model runtime and `model init`: real tokenizer, labels from the config, shapes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from transformers import AutoConfig, AutoTokenizer
+
+from worker.model import ModelRuntime
+from worker.model_shapes import THUCNEWS_LABELS
+
+
+def test_chinese_title_does_not_encode_to_unk(small_model: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(str(small_model))
+    title = "央行宣布下调存款准备金率"
+    ids = tokenizer(title)["input_ids"]
+    assert len(tokenizer.get_vocab()) == 21128
+    assert tokenizer.unk_token_id not in ids
+    assert len(ids) == len(title) + 2  # one token per character plus [CLS] and [SEP]
+
+    runtime = ModelRuntime.load(str(small_model), device="cpu")
+    encoded = runtime.encode([(title, None), (title, "正文内容")])
+    assert encoded.ids[0] == ids
+    assert 100 not in encoded.ids[1] and encoded.type_ids[1][-1] == 1
+
+
+def test_init_writes_the_small_shape_with_the_ten_labels(small_model: Path) -> None:
+    config = AutoConfig.from_pretrained(str(small_model))
+    assert (config.num_hidden_layers, config.hidden_size) == (4, 256)
+    assert [config.id2label[i] for i in range(10)] == list(THUCNEWS_LABELS)
+    assert config.newsq_model_version.startswith("small-init-")
+
+
+def test_runtime_predicts_probabilities_with_labels_from_the_config(small_model: Path) -> None:
+    runtime = ModelRuntime.load(str(small_model), device="cpu", max_length=16)
+    assert runtime.labels == list(THUCNEWS_LABELS)
+    assert runtime.version.startswith("small-init-")
+    encoded = runtime.encode([("短标题", None), ("一个长得多的新闻标题" * 5, None)])
+    assert max(encoded.lengths) == 16  # truncated to max_length
+    probs = runtime.predict(runtime.collate(encoded, [0, 1]))
+    assert probs.shape == (2, 10)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_padding_does_not_change_a_prediction(small_model: Path) -> None:
+    runtime = ModelRuntime.load(str(small_model), device="cpu")
+    encoded = runtime.encode([("短标题", None), ("一个长得多的新闻标题，用来填充", None)])
+    alone = runtime.predict(runtime.collate(encoded, [0]))
+    padded = runtime.predict(runtime.collate(encoded, [0, 1]))
+    np.testing.assert_allclose(alone[0], padded[0], atol=1e-5)
