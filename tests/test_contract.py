@@ -51,7 +51,7 @@ def test_bad_articles_are_refused_with_a_readable_reason(
 ) -> None:
     with pytest.raises(ValidationError) as info:
         Article.model_validate(raw)
-    assert fragment.split(": ")[-1] in str(info.value)
+    assert fragment.rsplit(": ", maxsplit=1)[-1] in str(info.value)
 
 
 def test_over_long_text_is_cut_not_refused() -> None:

@@ -8,7 +8,7 @@ import time
 import uuid
 from pathlib import Path
 
-from kombu import Connection
+from kombu.connection import Connection
 from sqlalchemy import Engine, func, select
 
 from db.models import Prediction, Reject

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from producer.contract import MAX_TITLE_CHARS
 from worker.intake import WHOLE_MESSAGE, parse_message
@@ -33,7 +34,13 @@ def test_good_and_bad_articles_of_one_message_are_separated() -> None:
 
 
 def test_wrong_schema_message_is_one_whole_message_reject() -> None:
-    for kwargs in ({}, {"articles": "x"}, {"articles": []}, {"articles": [{}], "extra": 1}):
+    cases: list[dict[str, Any]] = [
+        {},
+        {"articles": "x"},
+        {"articles": []},
+        {"articles": [{}], "extra": 1},
+    ]
+    for kwargs in cases:
         intake = parse_message((), kwargs)
         assert intake.articles == []
         assert len(intake.rejects) == 1
