@@ -9,7 +9,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -60,7 +70,7 @@ class Prediction(Base):
     model_version: Mapped[str] = mapped_column(ForeignKey("model_versions.version"))
     label_id: Mapped[int] = mapped_column(Integer)
     label: Mapped[str] = mapped_column(String(64))
-    score: Mapped[float]
+    score: Mapped[float] = mapped_column(Float)
     probs: Mapped[list[Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -35,6 +35,10 @@ def create_app(settings: Settings) -> Celery:
         broker_transport_options={
             **BROKER_TRANSPORT_OPTIONS,
             "visibility_timeout": settings.visibility_timeout,
+            # kombu sweeps for messages of dead workers every interval x throttle seconds
+            # (100 s by default); sweep a few times per visibility timeout instead.
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 4)),
+            "unacked_restore_throttle": 1,
         },
         broker_connection_retry_on_startup=True,
         task_queues=(

@@ -1,0 +1,104 @@
+"""The in-process batcher with the real small model and a real SQLite store, no Redis."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from db.engine import make_engine
+from db.migrate import upgrade
+from db.models import Prediction
+from db.store import ArticleRecord, PredictionRecord, ResultStore
+from producer.contract import Article
+from worker.batch_policy import BatchPolicy
+from worker.batcher import Batcher
+from worker.model import ModelRuntime
+
+
+class CountingStore(ResultStore):
+    """The real store, counting batch writes and optionally failing the first one."""
+
+    def __init__(self, engine: Engine, fail_first: bool = False) -> None:
+        super().__init__(engine)
+        self.batch_sizes: list[int] = []
+        self.fail_next = fail_first
+
+    def write_batch(
+        self,
+        articles: Sequence[ArticleRecord],
+        predictions: Sequence[PredictionRecord],
+        model_version: str,
+    ) -> None:
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("database went away")
+        super().write_batch(articles, predictions, model_version)
+        self.batch_sizes.append(len(predictions))
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    yield engine
+    engine.dispose()
+
+
+def make_batcher(small_model: Path, store: ResultStore, max_wait_s: float = 0.05) -> Batcher:
+    runtime = ModelRuntime.load(str(small_model), device="cpu", max_length=32)
+    store.register_model_version(runtime.version, runtime.path)
+    policy = BatchPolicy(token_budget=2048, max_wait_s=max_wait_s, max_rows=256, max_length=32)
+    return Batcher(runtime, store, policy).start()
+
+
+def test_articles_of_many_tasks_share_batches_and_every_task_settles(
+    small_model: Path, sqlite_engine: Engine
+) -> None:
+    store = CountingStore(sqlite_engine)
+    batcher = make_batcher(small_model, store)
+    versions: list[str | None] = []
+
+    def task(n: int) -> None:
+        articles = [Article(id=f"t{n}-{i}", title=f"第{n}个任务的第{i}条新闻") for i in range(5)]
+        versions.append(batcher.submit(articles).wait(timeout=60))
+
+    threads = [threading.Thread(target=task, args=(n,)) for n in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    batcher.close()
+
+    assert len(versions) == 40 and all(v == batcher.runtime.version for v in versions)
+    with sqlite_engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Prediction)).scalar_one() == 200
+    assert sum(store.batch_sizes) == 200
+    assert len(store.batch_sizes) < 40  # batches were formed across tasks
+
+
+def test_a_failed_batch_fails_its_tasks_and_the_batcher_keeps_serving(
+    small_model: Path, sqlite_engine: Engine
+) -> None:
+    store = CountingStore(sqlite_engine, fail_first=True)
+    batcher = make_batcher(small_model, store, max_wait_s=0.0)
+    first = batcher.submit([Article(id="a", title="第一条")])
+    with pytest.raises(RuntimeError, match="database went away"):
+        first.wait(timeout=60)
+    second = batcher.submit([Article(id="b", title="第二条")])
+    assert second.wait(timeout=60) == batcher.runtime.version
+    batcher.close()
+
+
+def test_close_finishes_what_was_submitted(small_model: Path, sqlite_engine: Engine) -> None:
+    store = CountingStore(sqlite_engine)
+    batcher = make_batcher(small_model, store, max_wait_s=1.0)
+    ticket = batcher.submit([Article(id=f"c{i}", title=f"标题{i}") for i in range(30)])
+    batcher.close()
+    assert ticket.wait(timeout=1) is not None
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher.submit([Article(title="too late")])
