@@ -1,0 +1,46 @@
+"""`newsq demo` as a new user runs it: nothing configured, no Redis at the configured URL."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import TOKENIZER_DIR
+
+DATA = TOKENIZER_DIR.parent / "thucnews/test.txt"
+
+
+def test_demo_runs_on_embedded_defaults(tmp_path: Path) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("NEWSQ_")},
+        "NEWSQ_BROKER_URL": "redis://127.0.0.1:1/0",  # nothing listens: embedded Redis
+        "COLUMNS": "200",
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "newsq",
+            "demo",
+            "--count",
+            "50",
+            "--data",
+            str(DATA),
+            "--tokenizer",
+            str(TOKENIZER_DIR),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "started an embedded Redis" in out
+    assert "50 of 50 articles classified" in out
+    assert "latest_predictions" in out
+    assert (tmp_path / "newsq.db").exists()
+    assert (tmp_path / "models/current/config.json").exists()
