@@ -27,6 +27,7 @@ def run_contract_test(ci: str) -> subprocess.CompletedProcess[str]:
             "tests/test_schema.py::test_migrations_match_the_models",
             "tests/test_end_to_end.py::test_mixed_message_stores_good_rows_rejects_bad_and_worker_keeps_serving",
         ],
+        check=False,
         cwd=ROOT,
         env=env,
         capture_output=True,

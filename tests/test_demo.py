@@ -31,6 +31,7 @@ def test_demo_runs_on_embedded_defaults(tmp_path: Path) -> None:
             "--tokenizer",
             str(TOKENIZER_DIR),
         ],
+        check=False,
         cwd=tmp_path,
         env=env,
         capture_output=True,
