@@ -1,14 +1,19 @@
-"""Reads of the results, shared by the demo, the client and the tests."""
+"""Reads of the results, shared by the demo, the client, the ingest script and the tests.
+
+Queries over caller-given ids run in IN-lists of bounded size: neither SQLite nor PostgreSQL
+wants a million bind parameters in one statement.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, column, func, select, table
+from sqlalchemy import Engine, Select, column, select, table
 
-from db.models import Prediction, Reject
+from db.models import Prediction
 
 # The documented view (db/migrations/versions/0001_initial.py), as a selectable.
 latest_predictions = table(
@@ -24,48 +29,51 @@ latest_predictions = table(
     column("classified_at"),
 )
 
+CHUNK = 5000
+
+
+def _rows_by_chunk(
+    engine: Engine, ids: Sequence[str], query_for: Callable[[Sequence[str]], Select[Any]]
+) -> Iterator[Any]:
+    with engine.connect() as conn:
+        for start in range(0, len(ids), CHUNK):
+            yield from conn.execute(query_for(ids[start : start + CHUNK]))
+
+
+def found_ids(engine: Engine, ids: Sequence[str], since: datetime | None = None) -> set[str]:
+    """Which of `ids` have a prediction (written at or after `since`, when given)."""
+
+    def query(part: Sequence[str]) -> Select[Any]:
+        q = select(Prediction.article_id).where(Prediction.article_id.in_(part))
+        return q.where(Prediction.created_at >= since) if since is not None else q
+
+    return {str(row[0]) for row in _rows_by_chunk(engine, ids, query)}
+
 
 def committed_count(engine: Engine, ids: Sequence[str], since: datetime | None = None) -> int:
-    """How many of `ids` have a prediction (written at or after `since`, when given)."""
-    query = select(func.count(func.distinct(Prediction.article_id))).where(
-        Prediction.article_id.in_(ids)
+    return len(found_ids(engine, ids, since))
+
+
+def latest_rows(engine: Engine, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The `latest_predictions` row of each id that has one."""
+    rows = _rows_by_chunk(
+        engine,
+        ids,
+        lambda part: select(latest_predictions).where(latest_predictions.c.article_id.in_(part)),
     )
-    if since is not None:
-        query = query.where(Prediction.created_at >= since)
-    with engine.connect() as conn:
-        return int(conn.execute(query).scalar_one())
+    return {str(row.article_id): dict(row._mapping) for row in rows}
+
+
+def latest_labels(engine: Engine, ids: Sequence[str]) -> dict[str, str]:
+    view = latest_predictions.c
+    rows = _rows_by_chunk(
+        engine,
+        ids,
+        lambda part: select(view.article_id, view.label).where(view.article_id.in_(part)),
+    )
+    return {str(row[0]): str(row[1]) for row in rows}
 
 
 def label_counts(engine: Engine, ids: Sequence[str]) -> list[tuple[str, int]]:
     """Per label, how many of `ids` carry it in the results view, most frequent first."""
-    count = func.count().label("n")
-    query = (
-        select(latest_predictions.c.label, count)
-        .where(latest_predictions.c.article_id.in_(ids))
-        .group_by(latest_predictions.c.label)
-        .order_by(count.desc())
-    )
-    with engine.connect() as conn:
-        return [(str(label), int(n)) for label, n in conn.execute(query)]
-
-
-def latest_labels(engine: Engine, ids: Sequence[str]) -> dict[str, str]:
-    query = select(latest_predictions.c.article_id, latest_predictions.c.label).where(
-        latest_predictions.c.article_id.in_(ids)
-    )
-    with engine.connect() as conn:
-        return {str(a): str(label) for a, label in conn.execute(query)}
-
-
-def reject_count(engine: Engine, since: datetime | None = None) -> int:
-    query = select(func.count()).select_from(Reject)
-    if since is not None:
-        query = query.where(Reject.created_at >= since)
-    with engine.connect() as conn:
-        return int(conn.execute(query).scalar_one())
-
-
-def rejects_of(engine: Engine, message_id: str) -> list[dict[str, Any]]:
-    query = select(Reject).where(Reject.message_id == message_id).order_by(Reject.position)
-    with engine.connect() as conn:
-        return [dict(row._mapping) for row in conn.execute(query)]
+    return Counter(latest_labels(engine, ids).values()).most_common()

@@ -96,6 +96,62 @@ def enqueue(
         typer.echo(article_id)
 
 
+@app.command()
+def ingest(
+    file: Annotated[str, typer.Argument(help="CSV or JSON Lines file, or - for standard input.")],
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", help="csv or jsonl (default: from the file name; csv for stdin)."),
+    ] = None,
+    encoding: Annotated[
+        str,
+        typer.Option(
+            help="auto (UTF-8 with or without BOM, else GB18030), or any Python codec name."
+        ),
+    ] = "auto",
+    id_column: Annotated[str, typer.Option(help="Column with the article id (optional).")] = "id",
+    title_column: Annotated[str, typer.Option(help="Column with the title (required).")] = "title",
+    content_column: Annotated[str, typer.Option(help="Column with the body text.")] = "content",
+    source_column: Annotated[str, typer.Option(help="Column with the source.")] = "source",
+    chunk_size: Annotated[int, typer.Option(help="Articles per message (1..1024).")] = 256,
+    max_queue: Annotated[
+        int, typer.Option(help="Wait while more messages than this are queued (backpressure).")
+    ] = 2000,
+    rejects: Annotated[
+        Path | None, typer.Option(help="CSV of bad rows (default: FILE.rejects.csv).")
+    ] = None,
+    restart: Annotated[
+        bool, typer.Option(help="Forget the checkpoint and send the whole file again.")
+    ] = False,
+    priority: Annotated[int | None, typer.Option(help="0 (first) .. 9 (last).")] = None,
+    wait: Annotated[
+        bool,
+        typer.Option(help="Then follow until every article is classified and print the labels."),
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 3600,
+) -> None:
+    """Stream a CSV / JSON Lines file into the queue: resumable, with backpressure."""
+    from newsq.ingest_cli import run_ingest
+    from producer.ingest import IngestOptions
+    from producer.sources import Columns, detect_format
+
+    if fmt not in (None, "csv", "jsonl"):
+        raise typer.BadParameter("csv or jsonl", param_hint="--format")
+    options = IngestOptions(
+        path=file,
+        fmt=fmt or ("csv" if file == "-" else detect_format(file)),  # type: ignore[arg-type]
+        encoding=encoding,
+        columns=Columns(id_column, title_column, content_column, source_column),
+        chunk_size=chunk_size,
+        max_queue=max_queue,
+        rejects_path=rejects or Path(("stdin" if file == "-" else file) + ".rejects.csv"),
+        restart=restart,
+        priority=priority,
+        keep_ids=wait,
+    )
+    raise typer.Exit(run_ingest(get_settings(), options, wait=wait, timeout=timeout))
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Create or migrate the schema at NEWSQ_DATABASE_URL."""

@@ -6,7 +6,8 @@ messages are exactly what any Celery client in any language would send.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from typing import Any
 
@@ -21,6 +22,7 @@ from producer.contract import (
     PRIORITY_STEPS,
     SERIALIZER,
     Article,
+    priority_lists,
 )
 
 ArticleLike = Article | Mapping[str, Any] | Sequence[str | None]
@@ -58,15 +60,25 @@ def chunked(items: Iterable[Article], size: int) -> Iterator[list[Article]]:
 
 
 class NewsClient:
-    """Enqueue articles for classification.
+    """Enqueue articles for classification. One broker connection per client: use one client
+    per thread.
 
     >>> client = NewsClient("redis://localhost:6379/0")
     >>> ids = client.enqueue([{"title": "央行宣布降准"}, ("a-42", "湖人队赢球", None)])
     """
 
-    def __init__(self, broker_url: str) -> None:
+    def __init__(
+        self, broker_url: str, *, database_url: str | None = None, max_queue: int | None = None
+    ) -> None:
+        """`max_queue`: block sending while more messages than this wait in the classify queue
+        (backpressure); `database_url`: where `results` and `wait` read predictions."""
         self.broker_url = broker_url
+        self.database_url = database_url
+        self.max_queue = max_queue
         self.app = celery_client(broker_url)
+        self._engine: Any = None
+        self._connection: Any = None
+        self._producer: Any = None
 
     def enqueue(
         self,
@@ -95,18 +107,94 @@ class NewsClient:
 
     def send_chunk(self, articles: Sequence[Article], *, priority: int | None = None) -> str:
         """Send one `newsq.classify` message as-is; returns the Celery task id."""
+        if self.max_queue is not None:
+            self.wait_for_room(self.max_queue)
         payload = [article.model_dump(exclude_none=True) for article in articles]
+        if self._producer is None:
+            self._producer = self.app.amqp.Producer(self.connection(), auto_declare=False)
         result = self.app.send_task(
             CLASSIFY_TASK,
             kwargs={"articles": payload},
             queue=CLASSIFY_QUEUE,
             priority=priority,
             ignore_result=True,
+            producer=self._producer,
+            # Celery would repr the whole payload into a header; a summary is enough for Flower.
+            argsrepr="()",
+            kwargsrepr=f"{{'articles': <{len(payload)} articles>}}",
         )
         return str(result.id)
 
+    def connection(self) -> Any:
+        """The client's broker connection (kombu), opened on first use."""
+        if self._connection is None:
+            self._connection = self.app.connection_for_write()
+        return self._connection
+
+    def redis(self) -> Any:
+        """A redis-py client on the broker connection (works for every broker URL form)."""
+        return self._channel().client
+
+    def queue_length(self) -> int:
+        """Messages waiting in the classify queue, all priority lists together."""
+        pipe = self.redis().pipeline(transaction=False)
+        for name in priority_lists(CLASSIFY_QUEUE):
+            pipe.llen(name)
+        return int(sum(pipe.execute()))
+
+    def _channel(self) -> Any:
+        return self.connection().ensure_connection(max_retries=3).default_channel
+
+    def wait_for_room(
+        self, max_queue: int, on_wait: Callable[[int], None] | None = None, poll: float = 0.5
+    ) -> None:
+        """Block while more than `max_queue` messages wait; nothing is dropped, only delayed."""
+        while (length := self.queue_length()) > max_queue:
+            if on_wait is not None:
+                on_wait(length)
+            time.sleep(poll)
+
+    def results(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The current prediction of each id that has one (from the `latest_predictions` view)."""
+        from db.queries import latest_rows
+
+        return latest_rows(self._db(), ids)
+
+    def wait(
+        self, ids: Sequence[str], timeout: float = 300.0, poll: float = 0.5
+    ) -> dict[str, dict[str, Any]]:
+        """Block until every id has a prediction, then return them; TimeoutError otherwise."""
+        from db.queries import found_ids
+
+        pending = set(ids)
+        deadline = time.monotonic() + timeout
+        while pending:
+            pending -= found_ids(self._db(), list(pending))
+            if not pending:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{len(pending)} of {len(set(ids))} articles not classified "
+                    f"within {timeout:.0f}s"
+                )
+            time.sleep(poll)
+        return self.results(ids)
+
+    def _db(self) -> Any:
+        if self.database_url is None:
+            raise ValueError("NewsClient(database_url=...) is needed to read results")
+        if self._engine is None:
+            from db.engine import make_engine
+
+            self._engine = make_engine(self.database_url)
+        return self._engine
+
     def close(self) -> None:
+        if self._connection is not None:
+            self._connection.release()
         self.app.close()
+        if self._engine is not None:
+            self._engine.dispose()
 
     def __enter__(self) -> NewsClient:
         return self

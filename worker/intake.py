@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from db.store import RejectRecord
-from producer.contract import MAX_ID_CHARS, Article, ClassifyKwargs
+from producer.contract import MAX_ID_CHARS, Article, ClassifyKwargs, describe
 
 WHOLE_MESSAGE = -1
 MAX_PAYLOAD_CHARS = 200_000
@@ -23,15 +23,6 @@ MAX_PAYLOAD_CHARS = 200_000
 class Intake:
     articles: list[Article] = field(default_factory=list)
     rejects: list[RejectRecord] = field(default_factory=list)
-
-
-def describe(error: ValidationError) -> str:
-    """One readable line: `title: String should have at least 1 character; x: Extra inputs...`."""
-    parts = []
-    for item in error.errors(include_url=False):
-        where = ".".join(str(p) for p in item["loc"]) or "value"
-        parts.append(f"{where}: {item['msg']}")
-    return "; ".join(parts)
 
 
 def dump_payload(value: Any) -> str:
