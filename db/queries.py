@@ -11,22 +11,34 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Select, column, select, table
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Engine,
+    Float,
+    Integer,
+    Select,
+    String,
+    Text,
+    column,
+    select,
+    table,
+)
 
 from db.models import Prediction
 
 # The documented view (db/migrations/versions/0001_initial.py), as a selectable.
 latest_predictions = table(
     "latest_predictions",
-    column("article_id"),
-    column("title"),
-    column("source"),
-    column("label"),
-    column("label_id"),
-    column("score"),
-    column("model_version"),
-    column("probs"),
-    column("classified_at"),
+    column("article_id", String),
+    column("title", Text),
+    column("source", String),
+    column("label", String),
+    column("label_id", Integer),
+    column("score", Float),
+    column("model_version", String),
+    column("probs", JSON),
+    column("classified_at", DateTime(timezone=True)),
 )
 
 CHUNK = 5000

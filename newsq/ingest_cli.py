@@ -94,12 +94,16 @@ def run_ingest(settings: Settings, options: IngestOptions, *, wait: bool, timeou
     """Returns the exit code: 0 done, 1 --wait timed out, 2 the file cannot be read as asked."""
     total = None if options.path == "-" else _size(options.path)
     with NewsClient(settings.broker_url) as client:
+        job = Ingest(client, options)
         try:
-            with bar() as progress:
-                summary = Ingest(client, options, IngestBar(progress, total, 0)).run()
+            ready = job.prepare()
         except SourceError as exc:
             console.print(f"[red]error:[/] {exc}")
             return 2
+        if ready:
+            with bar() as progress:
+                job.run(IngestBar(progress, total, job.summary.resumed_at_row))
+    summary = job.summary
     if summary.already_done:
         console.print(
             f"{options.path} was already ingested completely "

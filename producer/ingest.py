@@ -14,13 +14,14 @@ import hashlib
 import io
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from producer.client import NewsClient
 from producer.contract import Article
-from producer.sources import Columns, Format, Row, open_text, read_rows
+from producer.sources import Columns, Format, Row, SourceError, open_text, read_rows
 
 CHECKPOINT_PREFIX = "newsq:ingest:"
 CHECKPOINT_TTL_S = 30 * 24 * 3600
@@ -80,7 +81,10 @@ def fingerprint(options: IngestOptions) -> str | None:
     """Identify a file and the options that shape its rows; stdin cannot be resumed."""
     if options.path == "-":
         return None
-    stat = os.stat(options.path)
+    try:
+        stat = os.stat(options.path)
+    except OSError as exc:
+        raise SourceError(f"cannot read {options.path}: {exc.strerror}") from exc
     key = (
         f"{Path(options.path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{options.fmt}|"
         f"{options.columns}|{options.encoding}"
@@ -157,20 +161,25 @@ def id_digest(article: Article) -> int:
 class Ingest:
     """One run over one file: resume point, duplicate filter, pending message, pending rejects."""
 
-    def __init__(
-        self, client: NewsClient, options: IngestOptions, progress: Progress | None = None
-    ) -> None:
+    stream: IO[str]
+    rows: Iterator[Row]
+
+    def __init__(self, client: NewsClient, options: IngestOptions) -> None:
         self.client = client
         self.options = options
-        self.progress = progress or Progress()
-        self.checkpoint = Checkpoint(client, fingerprint(options))
+        self.checkpoint = Checkpoint(client, None)
         self.summary = IngestSummary()
         self.seen: set[int] = set()
         self.batch: list[Article] = []
         self.bad: list[Row] = []
         self.done = 0
 
-    def run(self) -> IngestSummary:
+    def prepare(self) -> bool:
+        """Load the checkpoint and open the file; False when the file was already done.
+
+        Raises SourceError (unreadable file, missing column) before anything is sent.
+        """
+        self.checkpoint = Checkpoint(self.client, fingerprint(self.options))
         if self.options.restart:
             self.checkpoint.clear()
         state = self.checkpoint.load()
@@ -179,27 +188,38 @@ class Ingest:
             setattr(summary, name, int(state.get(name, 0)))
         if state.get("status") == "done":
             summary.already_done = True
-            return summary
+            return False
         summary.resumed_at_row = int(state.get("rows_done", 0))
+        self.stream, summary.encoding = open_text(self.options.path, self.options.encoding)
+        try:
+            self.rows = read_rows(self.stream, self.options.fmt, self.options.columns)
+        except SourceError:
+            self.stream.close()
+            raise
+        return True
+
+    def run(self, progress: Progress | None = None) -> IngestSummary:
+        if not hasattr(self, "rows") and not self.prepare():
+            return self.summary
+        progress = progress or Progress()
+        summary = self.summary
         started = time.monotonic()
-        stream, summary.encoding = open_text(self.options.path, self.options.encoding)
         rejects = RejectsFile(self.options.rejects_path, append=summary.resumed_at_row > 0)
         try:
-            # read_rows checks the header before anything is sent (SourceError).
-            for row in read_rows(stream, self.options.fmt, self.options.columns):
+            for row in self.rows:
                 self.done += 1
                 if self.done <= summary.resumed_at_row:
                     self._remember(row)
                     continue
                 self._take(row)
                 if max(len(self.batch), len(self.bad)) >= self.options.chunk_size:
-                    self._flush(rejects)
-                    self.progress.rows(self.done, _position(stream))
-            self._flush(rejects, status="done")
-            self.progress.rows(self.done, _position(stream))
+                    self._flush(rejects, progress)
+                    progress.rows(self.done, _position(self.stream))
+            self._flush(rejects, progress, status="done")
+            progress.rows(self.done, _position(self.stream))
         finally:
             rejects.close()
-            stream.close()
+            self.stream.close()
             summary.elapsed_s = time.monotonic() - started
         return summary
 
@@ -227,10 +247,10 @@ class Ingest:
         if self.options.keep_ids:
             summary.ids.append(row.article.key)
 
-    def _flush(self, rejects: RejectsFile, status: str = "running") -> None:
+    def _flush(self, rejects: RejectsFile, progress: Progress, status: str = "running") -> None:
         """Send the pending message (waiting for room), log pending rejects, then checkpoint."""
         if self.batch:
-            self.client.wait_for_room(self.options.max_queue, self.progress.waiting)
+            self.client.wait_for_room(self.options.max_queue, progress.waiting)
             self.client.send_chunk(self.batch, priority=self.options.priority)
             self.summary.enqueued += len(self.batch)
             self.batch = []

@@ -109,6 +109,7 @@ def to_row(line: int, fields: list[Any], raw: list[str] | str) -> Row:
 
 
 def read_csv(stream: IO[str], columns: Columns) -> Iterator[Row]:
+    """Check the header now (SourceError), then yield the data rows lazily."""
     reader = csv.reader(stream)
     try:
         header = [name.strip() for name in next(reader)]
@@ -121,6 +122,10 @@ def read_csv(stream: IO[str], columns: Columns) -> Iterator[Row]:
         )
     # Position of id, title, content, source; -1 for a column the file does not have.
     positions = [header.index(name) if name in header else -1 for name in columns.names()]
+    return _csv_rows(reader, positions)
+
+
+def _csv_rows(reader: Any, positions: list[int]) -> Iterator[Row]:
     start = reader.line_num + 1
     for values in reader:
         line, start = start, reader.line_num + 1
