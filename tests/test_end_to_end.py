@@ -8,6 +8,7 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 from kombu.connection import Connection
 from sqlalchemy import Engine, func, select
 
@@ -181,3 +182,19 @@ def test_sigkill_mid_run_loses_nothing_and_duplicates_nothing(
     rows = prediction_rows(engine, ids)
     assert len(rows) == 5000
     assert len({r.article_id for r in rows}) == 5000
+
+
+def test_client_waits_for_and_reads_results(
+    start_worker: WorkerFactory, clean_redis: str, database_url: str
+) -> None:
+    start_worker()
+    with NewsClient(clean_redis, database_url=database_url) as client:
+        ids = client.enqueue(titles(20, "client"))
+        results = client.wait(ids, timeout=60)
+        assert set(results) == set(ids)
+        row = results[ids[0]]
+        assert row["label"] in THUCNEWS_LABELS and len(row["probs"]) == 10
+        assert row["title"] == titles(1, "client")[0][1]
+        assert client.results(["never-sent"]) == {}
+        with pytest.raises(TimeoutError, match="1 of 1 articles not classified"):
+            client.wait(["never-sent"], timeout=0.5, poll=0.1)
