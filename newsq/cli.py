@@ -113,7 +113,7 @@ def ingest(
     title_column: Annotated[str, typer.Option(help="Column with the title (required).")] = "title",
     content_column: Annotated[str, typer.Option(help="Column with the body text.")] = "content",
     source_column: Annotated[str, typer.Option(help="Column with the source.")] = "source",
-    chunk_size: Annotated[int, typer.Option(help="Articles per message (1..1024).")] = 256,
+    chunk_size: Annotated[int, typer.Option(help="Articles per message (1..1024).")] = 512,
     max_queue: Annotated[
         int, typer.Option(help="Wait while more messages than this are queued (backpressure).")
     ] = 2000,

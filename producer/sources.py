@@ -11,6 +11,7 @@ import codecs
 import csv
 import io
 import json
+import operator
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -92,6 +93,10 @@ def open_text(path: str, encoding: str) -> tuple[IO[str], str]:
     ), encoding
 
 
+# The schema validator itself: skips pydantic's Python wrapper, once per row.
+_validate = Article.__pydantic_validator__.validate_python
+
+
 def to_row(line: int, fields: list[Any], raw: list[str] | str) -> Row:
     """`fields` are the id, title, content and source as read (None where absent)."""
     article_id = fields[0]
@@ -127,12 +132,18 @@ def read_csv(stream: IO[str], columns: Columns) -> Iterator[Row]:
 
 def _csv_rows(reader: Any, positions: list[int]) -> Iterator[Row]:
     start = reader.line_num + 1
+    needed = max(positions) + 1
+    # Fast path for complete rows of a file that has all four columns.
+    pick = operator.itemgetter(*positions) if min(positions) >= 0 else None
     for values in reader:
         line, start = start, reader.line_num + 1
-        if not values or (len(values) == 1 and not values[0].strip()):
-            continue  # blank line
         width = len(values)
-        fields = [values[i] if 0 <= i < width else None for i in positions]
+        if width <= 1 and not (values and values[0].strip()):
+            continue  # blank line
+        if pick is not None and width >= needed:
+            fields = list(pick(values))
+        else:
+            fields = [values[i] if 0 <= i < width else None for i in positions]
         yield to_row(line, fields, values)
 
 

@@ -63,5 +63,5 @@ def test_over_long_title_is_truncated_and_kept() -> None:
 def test_nul_characters_are_refused_per_article_and_escaped_in_payloads() -> None:
     intake = parse_message((), {"articles": [{"id": "n", "title": "a\x00b"}, {"title": "ok"}]})
     assert [a.title for a in intake.articles] == ["ok"]
-    assert "NUL" in intake.rejects[0].reason
+    assert "NUL" in intake.rejects[0].reason, intake.rejects[0].reason
     assert "\x00" not in intake.rejects[0].payload
