@@ -84,6 +84,10 @@ class ModelRuntime:
         version: str | None = None,
     ) -> ModelRuntime:
         torch_device = resolve_device(device)
+        if not Path(name_or_path).exists():
+            log.warning(
+                "%s is not a local folder: loading it from the Hugging Face Hub", name_or_path
+            )
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         model = AutoModelForSequenceClassification.from_pretrained(name_or_path)
         model.to(torch_device).eval()
