@@ -49,3 +49,10 @@ def test_padding_does_not_change_a_prediction(small_model: Path) -> None:
     alone = runtime.predict(runtime.collate(encoded, [0]))
     padded = runtime.predict(runtime.collate(encoded, [0, 1]))
     np.testing.assert_allclose(alone[0], padded[0], atol=1e-5)
+
+
+def test_huge_content_is_cut_before_tokenizing(small_model: Path) -> None:
+    runtime = ModelRuntime.load(str(small_model), device="cpu", max_length=32)
+    full = runtime.encode([("标题", "正文" * 50_000)])
+    short = runtime.encode([("标题", "正文" * 64)])
+    assert full.ids == short.ids and len(full.ids[0]) == 32

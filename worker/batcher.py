@@ -24,6 +24,7 @@ import numpy as np
 
 from db.store import ArticleRecord, PredictionRecord, ResultStore
 from producer.contract import Article
+from worker import metrics
 from worker.batch_policy import BatchPolicy
 from worker.model import ModelRuntime, TensorBatch
 
@@ -167,8 +168,15 @@ class Batcher:
         runtime = self.runtime
         encoded = runtime.encode([(i.article.title, i.article.content) for i in window])
         batches = []
-        for rows in self.policy.plan(encoded.lengths):
-            batches.append(_Batch([window[i] for i in rows], runtime.collate(encoded, rows)))
+        cut = time.monotonic()
+        lengths = encoded.lengths
+        for rows in self.policy.plan(lengths):
+            batch = _Batch([window[i] for i in rows], runtime.collate(encoded, rows))
+            metrics.BATCH_ROWS.observe(len(rows))
+            metrics.BATCH_PADDED_TOKENS.observe(len(rows) * max(lengths[i] for i in rows))
+            batches.append(batch)
+        for item in window:
+            metrics.QUEUE_WAIT.observe(cut - item.arrived)
         return batches
 
     # -- stage 2: the forward pass ----------------------------------------------------------------
@@ -177,7 +185,8 @@ class Batcher:
             try:
                 assert batch.tensors is not None
                 runtime = self.runtime
-                batch.probs = runtime.predict(batch.tensors)
+                with metrics.BATCH_SECONDS.time():
+                    batch.probs = runtime.predict(batch.tensors)
                 batch.model_version = runtime.version
                 batch.labels = runtime.labels
                 batch.tensors = None
@@ -192,11 +201,13 @@ class Batcher:
     def _write_loop(self) -> None:
         while (batch := self._scored.get()) is not _STOP:
             try:
-                self._write(batch)
+                with metrics.WRITE_SECONDS.time():
+                    self._write(batch)
             except Exception as exc:
                 log.exception("writing a batch of %d predictions failed", len(batch.items))
                 _fail(batch.items, exc)
                 continue
+            metrics.ARTICLES.labels(batch.model_version).inc(len(batch.items))
             for item in batch.items:
                 item.ticket.settle(1, batch.model_version)
 

@@ -103,8 +103,16 @@ class ModelRuntime:
         )
 
     def encode(self, pairs: Sequence[tuple[str, str | None]]) -> Encoded:
-        """Tokenize (title, content) pairs; content, when present, is the second segment."""
-        inputs = [(title, content) if content else title for title, content in pairs]
+        """Tokenize (title, content) pairs; content, when present, is the second segment.
+
+        Text is cut to 4 characters per token of `max_length` first: the model reads no more,
+        and the tokenizer's pair truncation grows much faster than the text (100,000
+        characters took 12 s, enough to stall every task sharing the batch).
+        """
+        cap = self.max_length * 4
+        inputs = [
+            (title[:cap], content[:cap]) if content else title[:cap] for title, content in pairs
+        ]
         encodings = self._backend.encode_batch_fast(inputs)
         return Encoded([e.ids for e in encodings], [e.type_ids for e in encodings])
 

@@ -1,0 +1,41 @@
+"""GPU selection for the launcher, with fake device counts."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.gpus import DeviceSelectionError, Slot, select_slots
+
+
+def test_all_gives_one_slot_per_visible_gpu() -> None:
+    assert select_slots("all", 3) == [
+        Slot("0", "gpu0", "cuda"),
+        Slot("1", "gpu1", "cuda"),
+        Slot("2", "gpu2", "cuda"),
+    ]
+
+
+def test_a_list_picks_those_gpus() -> None:
+    assert [s.visible_devices for s in select_slots("0,2", 4)] == ["0", "2"]
+    assert [s.name for s in select_slots(" 3 ", 4)] == ["gpu3"]
+
+
+def test_cpu_gives_one_cpu_worker_whatever_the_gpus() -> None:
+    assert select_slots("cpu", 0) == [Slot(None, "cpu", "cpu")]
+    assert select_slots("CPU", 8) == [Slot(None, "cpu", "cpu")]
+
+
+@pytest.mark.parametrize(
+    ("spec", "count", "message"),
+    [
+        ("all", 0, "no GPU is visible"),
+        ("0,1", 1, r"no GPU 1 \(1 visible\)"),
+        ("0,0", 2, "repeated"),
+        ("first", 2, "expected all, cpu or indices"),
+        (",", 2, "no GPU index"),
+        ("-1", 2, "no GPU -1"),
+    ],
+)
+def test_impossible_selections_say_why(spec: str, count: int, message: str) -> None:
+    with pytest.raises(DeviceSelectionError, match=message):
+        select_slots(spec, count)

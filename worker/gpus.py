@@ -1,0 +1,54 @@
+"""Which devices `newsq worker --gpus` runs on: one worker process per selected GPU.
+
+Pure logic (the caller passes the number of GPUs it sees), so it is unit-tested with fake
+device counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class DeviceSelectionError(ValueError):
+    """The --gpus value cannot be satisfied on this machine."""
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """One worker process: its CUDA_VISIBLE_DEVICES (None on CPU), node name and device."""
+
+    visible_devices: str | None
+    name: str
+    device: str
+
+
+def select_slots(spec: str, gpu_count: int) -> list[Slot]:
+    """`all`, `cpu`, or a comma-separated list of GPU indices such as `0,2`."""
+    spec = spec.strip().lower()
+    if spec == "cpu":
+        return [Slot(None, "cpu", "cpu")]
+    if spec == "all":
+        if gpu_count == 0:
+            raise DeviceSelectionError(
+                "--gpus all: no GPU is visible on this machine; "
+                "use --gpus cpu to run one CPU worker"
+            )
+        indices = list(range(gpu_count))
+    else:
+        try:
+            indices = [int(part) for part in spec.split(",") if part.strip()]
+        except ValueError:
+            raise DeviceSelectionError(
+                f"--gpus {spec!r}: expected all, cpu or indices like 0,1"
+            ) from None
+        if not indices:
+            raise DeviceSelectionError("--gpus: no GPU index given")
+        if len(set(indices)) != len(indices):
+            raise DeviceSelectionError(f"--gpus {spec!r}: an index is repeated")
+        missing = [i for i in indices if not 0 <= i < gpu_count]
+        if missing:
+            raise DeviceSelectionError(
+                f"--gpus {spec!r}: no GPU {', '.join(map(str, missing))} ({gpu_count} visible)"
+            )
+    # Inside each process the one visible GPU is cuda:0.
+    return [Slot(str(i), f"gpu{i}", "cuda") for i in indices]
