@@ -21,11 +21,12 @@ from sqlalchemy import (
     String,
     Text,
     column,
+    func,
     select,
     table,
 )
 
-from db.models import Prediction
+from db.models import ModelVersion, Prediction, Reject
 
 # The documented view (db/migrations/versions/0001_initial.py), as a selectable.
 latest_predictions = table(
@@ -89,3 +90,27 @@ def latest_labels(engine: Engine, ids: Sequence[str]) -> dict[str, str]:
 def label_counts(engine: Engine, ids: Sequence[str]) -> list[tuple[str, int]]:
     """Per label, how many of `ids` carry it in the results view, most frequent first."""
     return Counter(latest_labels(engine, ids).values()).most_common()
+
+
+def promoted_version(engine: Engine) -> dict[str, Any] | None:
+    """The model version promoted last, if any."""
+    query = (
+        select(ModelVersion.version, ModelVersion.path, ModelVersion.promoted_at)
+        .where(ModelVersion.promoted_at.is_not(None))
+        .order_by(ModelVersion.promoted_at.desc())
+        .limit(1)
+    )
+    with engine.connect() as conn:
+        row = conn.execute(query).first()
+    return dict(row._mapping) if row is not None else None
+
+
+def count_since(
+    engine: Engine, model: type[Prediction] | type[Reject], since: datetime | None = None
+) -> int:
+    """Rows of predictions or rejects written at or after `since` (all rows when None)."""
+    query = select(func.count()).select_from(model)
+    if since is not None:
+        query = query.where(model.created_at >= since)
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())

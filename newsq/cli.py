@@ -42,15 +42,29 @@ def worker(
     hostname: Annotated[str, typer.Option(help="Celery node name.")] = "newsq@%h",
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
     loglevel: Annotated[str | None, typer.Option(help="Log level (NEWSQ_LOG_LEVEL).")] = None,
+    gpus: Annotated[
+        str | None,
+        typer.Option(help="all, cpu, or GPU indices (0,1): one supervised worker process per GPU."),
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Prometheus port (NEWSQ_METRICS_PORT; 0 = off; +N for the Nth GPU)."),
+    ] = None,
 ) -> None:
     """Run a worker: a Celery thread pool feeding one in-process batcher and model."""
-    settings = settings_with(device=device, concurrency=concurrency, log_level=loglevel)
+    settings = settings_with(
+        device=device, concurrency=concurrency, log_level=loglevel, metrics_port=metrics_port
+    )
+    if gpus is not None:
+        raise typer.Exit(supervise(settings, gpus, queues, concurrency))
     from producer.contract import CLASSIFY_QUEUE
     from worker import services
     from worker.app import app as celery_app
 
     if CLASSIFY_QUEUE in queues.split(","):
-        services.batcher()  # load the model before taking messages: a broken model fails here
+        runtime = services.batcher().runtime  # load the model first: a broken one fails here
+        if settings.metrics_port:
+            serve_metrics(settings, runtime.device.type == "cuda")
     celery_app.worker_main(
         [
             "worker",
@@ -62,6 +76,50 @@ def worker(
             "--without-mingle",
         ]
     )
+
+
+def supervise(settings: Settings, gpus: str, queues: str, concurrency: int | None) -> int:
+    import logging
+
+    import torch
+
+    from worker.gpus import DeviceSelectionError, select_slots
+    from worker.launcher import Supervisor
+
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        slots = select_slots(gpus, torch.cuda.device_count())
+    except DeviceSelectionError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return 2
+    return Supervisor(
+        slots,
+        settings.broker_url,
+        queues=queues,
+        concurrency=concurrency,
+        metrics_port=settings.metrics_port,
+    ).run()
+
+
+def serve_metrics(settings: Settings, cuda: bool) -> None:
+    """/metrics for this worker; a busy port costs the metrics, never the worker."""
+    import logging
+
+    from producer.client import NewsClient
+    from worker import metrics
+
+    client = NewsClient(settings.broker_url)
+    gpu_memory = None
+    if cuda:
+        import torch
+
+        gpu_memory = torch.cuda.memory_allocated
+    try:
+        metrics.serve(settings.metrics_port, client.queue_length, gpu_memory)
+    except OSError as exc:
+        logging.getLogger("newsq").warning(
+            "metrics port %s unavailable (%s): no /metrics", settings.metrics_port, exc
+        )
 
 
 @app.command()
@@ -150,6 +208,48 @@ def ingest(
         keep_ids=wait,
     )
     raise typer.Exit(run_ingest(get_settings(), options, wait=wait, timeout=timeout))
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Queues, live workers (device, model version), promoted model, throughput, rejects."""
+    import json
+
+    from db.engine import make_engine
+    from producer.client import NewsClient
+    from producer.status import collect
+
+    settings = get_settings()
+    engine = make_engine(settings.database_url)
+    with NewsClient(settings.broker_url) as client:
+        report = collect(client, engine, settings.database_url)
+    engine.dispose()
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, ensure_ascii=False))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"broker {report['broker']}   database {report['database']}")
+    queues = Table("queue", "messages", title="queues")
+    for name, length in report["queues"].items():
+        queues.add_row(name, f"{length:,}")
+    workers = Table("worker", "device", "model version", "metrics port", "pid", title="workers")
+    for w in report["workers"]:
+        workers.add_row(
+            *(str(w.get(k)) for k in ("name", "device", "model_version", "metrics_port", "pid"))
+        )
+    console.print(queues, workers)
+    promoted = report["promoted_model"]
+    console.print(f"promoted model: {promoted['version'] if promoted else 'none'}")
+    last_minute = report["classified_last_minute"]
+    console.print(f"classified in the last minute: {last_minute:,} ({last_minute / 60:.1f}/s)")
+    console.print(
+        f"rejects: {report['rejects_total']:,} ({report['rejects_last_hour']:,} in the last hour)"
+    )
 
 
 @db_app.command("upgrade")

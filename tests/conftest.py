@@ -119,6 +119,7 @@ def start_worker(
             "NEWSQ_DATABASE_URL": database_url,
             "NEWSQ_MODEL_DIR": str(small_model),
             "NEWSQ_CONCURRENCY": "16",
+            "NEWSQ_METRICS_PORT": "0",
             **{f"NEWSQ_{k.upper()}": str(v) for k, v in env.items()},
         }
         name = f"test-{uuid.uuid4().hex[:6]}"

@@ -12,7 +12,7 @@ from typing import Any
 from celery.worker.consumer import Consumer
 
 from db.store import RejectRecord
-from worker import services
+from worker import metrics, services
 from worker.intake import WHOLE_MESSAGE, cut_payload
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ def _record(message: Any, reason: str) -> None:
             [RejectRecord(reason=reason, payload=cut_payload(text), position=WHOLE_MESSAGE)],
             message_id,
         )
+        metrics.REJECTS.inc()
     except Exception:
         log.exception("could not record a reject row for message %s", message_id)
 

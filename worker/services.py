@@ -6,11 +6,13 @@ shared by all task threads; the CLI builds them before consuming so a broken mod
 
 from __future__ import annotations
 
+import os
 import threading
 
 from db.engine import make_engine
 from db.store import ResultStore
 from newsq.settings import Settings, get_settings
+from worker import metrics
 from worker.batch_policy import BatchPolicy
 from worker.batcher import Batcher
 from worker.model import ModelRuntime
@@ -53,6 +55,7 @@ def batcher() -> Batcher:
                 version=settings.model_version,
             )
             results.register_model_version(runtime.version, runtime.path)
+            metrics.MODEL.info({"version": runtime.version, "device": str(runtime.device)})
             _Singletons.batcher = Batcher(runtime, results, policy_from(settings)).start()
         return _Singletons.batcher
 
@@ -66,3 +69,15 @@ def shutdown() -> None:
         if _Singletons.store is not None:
             _Singletons.store.engine.dispose()
             _Singletons.store = None
+
+
+def describe() -> dict[str, object]:
+    """What `newsq status` shows of this worker (answers the `newsq_info` control command)."""
+    settings = get_settings()
+    loaded = _Singletons.batcher
+    return {
+        "pid": os.getpid(),
+        "device": str(loaded.runtime.device) if loaded else settings.device,
+        "model_version": loaded.runtime.version if loaded else None,
+        "metrics_port": settings.metrics_port or None,
+    }

