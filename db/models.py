@@ -106,6 +106,7 @@ class TrainingRun(Base):
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     confusion_matrix: Mapped[list[Any] | None] = mapped_column(JSON)
     best_step: Mapped[int | None] = mapped_column(Integer)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     output_dir: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -252,6 +252,105 @@ def status(
     )
 
 
+@app.command()
+def train(
+    train_file: Annotated[str, typer.Option(help="title<TAB>label file or CSV.")] = (
+        "../shared/data/thucnews/train.txt"
+    ),
+    dev_file: Annotated[str, typer.Option(help="Evaluated every --eval-steps.")] = (
+        "../shared/data/thucnews/dev.txt"
+    ),
+    test_file: Annotated[str | None, typer.Option(help="Final report.")] = (
+        "../shared/data/thucnews/test.txt"
+    ),
+    class_file: Annotated[str | None, typer.Option(help="Label names, one per line.")] = None,
+    base_model: Annotated[str, typer.Option(help="small, base, or a Hugging Face name/path.")] = (
+        "small"
+    ),
+    epochs: Annotated[float, typer.Option()] = 3.0,
+    learning_rate: Annotated[float, typer.Option()] = 5e-4,
+    batch_size: Annotated[int, typer.Option()] = 64,
+    warmup_ratio: Annotated[float, typer.Option()] = 0.06,
+    weight_decay: Annotated[float, typer.Option()] = 0.01,
+    eval_steps: Annotated[int, typer.Option()] = 200,
+    patience: Annotated[int, typer.Option(help="Evaluations without a better dev loss.")] = 3,
+    max_length: Annotated[int, typer.Option()] = 32,
+    max_train_samples: Annotated[int | None, typer.Option()] = None,
+    seed: Annotated[int, typer.Option()] = 42,
+    output_dir: Annotated[str, typer.Option(help="Runs are written to OUTPUT_DIR/run-ID.")] = (
+        "runs"
+    ),
+    promote: Annotated[bool, typer.Option(help="Promote the new version when done.")] = False,
+    promote_if_better: Annotated[
+        bool, typer.Option(help="Promote only if test accuracy beats the promoted version.")
+    ] = False,
+    follow: Annotated[bool, typer.Option(help="Show progress until the run ends.")] = False,
+) -> None:
+    """Queue a fine-tuning run on newsq.train (a trainer worker runs it); prints the run id."""
+    from producer.client import NewsClient
+
+    settings = get_settings()
+    with NewsClient(settings.broker_url, database_url=settings.database_url) as client:
+        run_id = client.train(
+            train_file=str(Path(train_file).resolve()),
+            dev_file=str(Path(dev_file).resolve()),
+            test_file=str(Path(test_file).resolve()) if test_file else None,
+            class_file=str(Path(class_file).resolve()) if class_file else None,
+            base_model=base_model,
+            tokenizer=str(Path(settings.tokenizer_dir).resolve()),
+            epochs=epochs,
+            learning_rate=learning_rate,
+            batch_size=batch_size,
+            warmup_ratio=warmup_ratio,
+            weight_decay=weight_decay,
+            eval_steps=eval_steps,
+            early_stopping_patience=patience,
+            max_length=max_length,
+            max_train_samples=max_train_samples,
+            seed=seed,
+            output_dir=str(Path(output_dir).resolve()),
+            promote=promote,
+            promote_if_better=promote_if_better,
+        )
+    typer.echo(f"run {run_id} queued")
+    if follow:
+        from newsq.train_cli import follow_run
+
+        raise typer.Exit(follow_run(settings, run_id))
+
+
+@app.command()
+def report(run_id: Annotated[int, typer.Argument(help="Training run id.")]) -> None:
+    """Print a run's test report: accuracy, macro P/R/F1, per class, confusion matrix."""
+    from newsq.train_cli import print_report
+
+    raise typer.Exit(print_report(get_settings(), run_id))
+
+
+@model_app.command("list")
+def model_list() -> None:
+    """Registered model versions, with test accuracy; the promoted one is marked."""
+    from newsq.train_cli import print_versions
+
+    print_versions(get_settings())
+
+
+@model_app.command("promote")
+def model_promote(version: Annotated[str, typer.Argument()]) -> None:
+    """Promote VERSION: running classify workers switch to it between batches."""
+    from db import registry
+    from db.engine import make_engine
+
+    engine = make_engine(get_settings().database_url)
+    try:
+        registry.promote(engine, version)
+    except LookupError as exc:
+        raise typer.BadParameter(str(exc), param_hint="VERSION") from exc
+    finally:
+        engine.dispose()
+    typer.echo(f"promoted {version}")
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Create or migrate the schema at NEWSQ_DATABASE_URL."""

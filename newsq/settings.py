@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     task_timeout: float = Field(
         600.0, gt=0, description="Seconds a classify task waits for its rows to be committed."
     )
+    reload_interval_s: float = Field(
+        5.0, gt=0, description="How often a worker checks SQL for a newly promoted model."
+    )
     metrics_port: int = Field(
         9808, ge=0, description="Prometheus /metrics port of a worker (0: off); +N for slot N."
     )

@@ -21,7 +21,10 @@ from producer.contract import (
     MAX_ARTICLES_PER_MESSAGE,
     PRIORITY_STEPS,
     SERIALIZER,
+    TRAIN_QUEUE,
+    TRAIN_TASK,
     Article,
+    TrainRequest,
     priority_lists,
 )
 
@@ -127,6 +130,19 @@ class NewsClient:
             kwargsrepr=f"{{'articles': <{len(payload)} articles>}}",
         )
         return str(result.id)
+
+    def train(self, **params: Any) -> int:
+        """Queue a `newsq.train` run (parameters of `TrainRequest`); returns its run id.
+
+        The run row is created here, so the id exists before a trainer picks the message up.
+        """
+        from db import registry
+
+        request = TrainRequest.model_validate(params)
+        run_id = registry.create_run(self._db(), request.model_dump())
+        kwargs = request.model_copy(update={"run_id": run_id}).model_dump()
+        self.app.send_task(TRAIN_TASK, kwargs=kwargs, queue=TRAIN_QUEUE, ignore_result=True)
+        return run_id
 
     def connection(self) -> Any:
         """The client's broker connection (kombu), opened on first use."""

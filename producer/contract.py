@@ -119,3 +119,36 @@ def priority_lists(queue: str) -> list[str]:
     """The Redis lists that hold `queue`, one per priority step (`queue`, `queue:3`, ...)."""
     sep = BROKER_TRANSPORT_OPTIONS["sep"]
     return [f"{queue}{sep}{step}" if step else queue for step in PRIORITY_STEPS]
+
+
+class TrainRequest(BaseModel):
+    """The kwargs of a `newsq.train` message: data, base model and the training schedule."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: int | None = Field(None, description="Set by NewsClient.train; created if absent.")
+    train_file: str
+    dev_file: str
+    test_file: str | None = None
+    class_file: str | None = Field(None, description="Label names; default: the THUCNews ten.")
+    title_column: str = "title"
+    label_column: str = "label"
+    base_model: str = Field("small", description="small, base, or a Hugging Face name/path.")
+    tokenizer: str = Field(
+        "../shared/data/bert-base-chinese",
+        description="Tokenizer + config folder for the named shapes.",
+    )
+    output_dir: str = "runs"
+    epochs: float = Field(3.0, gt=0)
+    learning_rate: float = Field(5e-4, gt=0)
+    batch_size: int = Field(64, gt=0)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    warmup_steps: int = Field(0, ge=0, description="Overrides warmup_ratio when > 0.")
+    weight_decay: float = Field(0.01, ge=0)
+    eval_steps: int = Field(200, gt=0)
+    early_stopping_patience: int = Field(3, gt=0)
+    max_length: int = Field(32, gt=2, le=512)
+    max_train_samples: int | None = Field(None, gt=0)
+    seed: int = 42
+    promote: bool = False
+    promote_if_better: bool = False

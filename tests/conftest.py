@@ -114,7 +114,7 @@ def start_worker(
     """Start real `newsq worker` processes; all are stopped at the end of the test."""
     started: list[WorkerProcess] = []
 
-    def factory(**env: Any) -> WorkerProcess:
+    def factory(queues: str = "newsq.classify", **env: Any) -> WorkerProcess:
         settings = {
             "NEWSQ_DATABASE_URL": database_url,
             "NEWSQ_MODEL_DIR": str(small_model),
@@ -123,7 +123,9 @@ def start_worker(
             **{f"NEWSQ_{k.upper()}": str(v) for k, v in env.items()},
         }
         name = f"test-{uuid.uuid4().hex[:6]}"
-        process = WorkerProcess(clean_redis, settings, name=name, log_path=tmp_path / f"{name}.log")
+        process = WorkerProcess(
+            clean_redis, settings, name=name, queues=queues, log_path=tmp_path / f"{name}.log"
+        )
         started.append(process)
         return process.start()
 

@@ -43,6 +43,14 @@ def ingest_cmd(path: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "newsq", "ingest", str(path), *args]
 
 
+def run_ingest(path: Path, *args: str, env: dict[str, str]) -> tuple[int, str]:
+    """Run `newsq ingest` to the end; its exit code and everything it printed."""
+    done = subprocess.run(
+        ingest_cmd(path, *args), env=env, capture_output=True, text=True, timeout=400, check=False
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
 def cli_env(redis_url: str, database_url: str) -> dict[str, str]:
     return {
         **os.environ,
@@ -68,16 +76,8 @@ def test_ten_thousand_rows_wait_and_second_run(
     path = tmp_path / "articles.csv"
     ids = make_csv(path, 10_000, with_bad=True)
     env = cli_env(clean_redis, database_url)
-    first = subprocess.run(
-        ingest_cmd(path, "--wait", "--timeout", "300"),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-        check=False,
-    )
-    out = first.stdout + first.stderr
-    assert first.returncode == 0, out
+    code, out = run_ingest(path, "--wait", "--timeout", "300", env=env)
+    assert code == 0, out
     for fragment in (
         "rows read",
         "10,002",
@@ -96,19 +96,19 @@ def test_ten_thousand_rows_wait_and_second_run(
     assert [r[0] for r in rejects[1:]] == [str(expected_line)]
     assert "title is empty" in rejects[1][1]
 
-    second = subprocess.run(
-        ingest_cmd(path), env=env, capture_output=True, text=True, timeout=120, check=False
-    )
-    assert second.returncode == 0 and "already ingested" in second.stdout + second.stderr
-    again = subprocess.run(
-        ingest_cmd(path, "--restart", "--wait"),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert again.returncode == 0, again.stdout + again.stderr
+    (key,) = redis.Redis.from_url(clean_redis).keys(CHECKPOINT_PREFIX + "*")
+    counters = redis.Redis.from_url(clean_redis, decode_responses=True).hgetall(key)
+    assert (
+        counters["rows_read"],
+        counters["enqueued"],
+        counters["rejected"],
+        counters["duplicates"],
+        counters["status"],
+    ) == ("10002", "10000", "1", "1", "done")
+    code, out = run_ingest(path, env=env)
+    assert code == 0 and "already ingested" in out
+    code, out = run_ingest(path, "--restart", "--wait", env=env)
+    assert code == 0, out
     assert prediction_total(engine) == 10_000  # sent twice, stored once
 
 
@@ -140,16 +140,8 @@ def test_backpressure_waits_then_an_interrupted_run_resumes(
     assert int(broker.hget(key, "rows_done") or 0) == 600
 
     start_worker()
-    resumed = subprocess.run(
-        ingest_cmd(path, "--chunk-size", "100", "--max-queue", "5", "--wait"),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    out = resumed.stdout + resumed.stderr
-    assert resumed.returncode == 0, out
+    code, out = run_ingest(path, "--chunk-size", "100", "--max-queue", "5", "--wait", env=env)
+    assert code == 0, out
     assert "resumed after row" in out and "600" in out
     assert committed_count(engine, ids) == 10_000
     assert prediction_total(engine) == 10_000
@@ -174,3 +166,31 @@ def test_unreadable_file_and_wrong_column_fail_before_sending(
         error_lines = [line for line in result.stderr.splitlines() if "error:" in line]
         assert len(error_lines) == 1, result.stderr
     assert redis.Redis.from_url(clean_redis).llen(CLASSIFY_QUEUE) == 0
+
+
+def test_standard_input_and_json_lines(clean_redis: str, database_url: str, tmp_path: Path) -> None:
+    env = cli_env(clean_redis, database_url)
+    path = tmp_path / "a.csv"
+    make_csv(path, 1000)
+    with path.open("rb") as stdin:
+        done = subprocess.run(
+            [sys.executable, "-m", "newsq", "ingest", "-", "--chunk-size", "100"],
+            env=env,
+            stdin=stdin,
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    broker = redis.Redis.from_url(clean_redis)
+    assert broker.llen(CLASSIFY_QUEUE) == 10
+    jsonl = tmp_path / "a.jsonl"
+    jsonl.write_text(
+        '{"id": 1, "title": "第一条"}\n{"title": ""}\n{"id": "x", "title": "第二条"}\n',
+        encoding="utf-8",
+    )
+    code, out = run_ingest(jsonl, env=env)
+    assert code == 0, out
+    assert broker.llen(CLASSIFY_QUEUE) == 11
+    rejects = (tmp_path / "a.jsonl.rejects.csv").read_text(encoding="utf-8").splitlines()
+    assert rejects[1].startswith("2,title is empty")

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from base64 import b64encode
@@ -201,8 +202,6 @@ def test_flower_shows_the_task_and_the_worker_behind_basic_auth(
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: _answers(base), timeout=60)
-        with NewsClient(clean_redis) as client:
-            client.enqueue(titles(5, "flower"))
 
         def classify_tasks() -> list[dict[str, Any]]:
             status, body = get(f"{base}/api/tasks", auth)
@@ -213,7 +212,14 @@ def test_flower_shows_the_task_and_the_worker_behind_basic_auth(
                 if t.get("name") == CLASSIFY_TASK and t.get("state") == "SUCCESS"
             ]
 
-        wait_until(lambda: len(classify_tasks()) >= 1, timeout=60)
+        def sent_and_seen() -> bool:
+            # Flower's event receiver starts after its HTTP server: keep sending until it sees.
+            client.enqueue(titles(2, f"flower-{time.monotonic_ns()}"))
+            time.sleep(0.5)
+            return len(classify_tasks()) >= 1
+
+        with NewsClient(clean_redis) as client:
+            wait_until(sent_and_seen, timeout=90)
         assert classify_tasks()[0]["worker"] == worker.hostname
         status, body = get(f"{base}/api/workers?refresh=1", auth)
         assert status == 200 and worker.hostname in json.loads(body)

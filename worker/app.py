@@ -20,7 +20,7 @@ from producer.contract import (
 
 
 def create_app(settings: Settings) -> Celery:
-    app = Celery("newsq", broker=settings.broker_url, include=["worker.tasks"])
+    app = Celery("newsq", broker=settings.broker_url, include=["worker.tasks", "worker.train_task"])
     app.conf.update(
         # Contract: JSON only; a pickled message is refused before it is deserialized.
         task_serializer=SERIALIZER,

@@ -16,7 +16,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,17 +78,32 @@ class _Item:
 @dataclass(slots=True)
 class _Batch:
     items: list[_Item]
+    runtime: ModelRuntime
     tensors: TensorBatch | None = None
     probs: np.ndarray | None = None
     model_version: str = ""
     labels: list[str] = field(default_factory=list)
 
 
+# Given the version in use, returns a newly promoted model to switch to, or None.
+Watcher = Callable[[str], "ModelRuntime | None"]
+
+
 class Batcher:
-    def __init__(self, runtime: ModelRuntime, store: ResultStore, policy: BatchPolicy) -> None:
+    def __init__(
+        self,
+        runtime: ModelRuntime,
+        store: ResultStore,
+        policy: BatchPolicy,
+        watch: Watcher | None = None,
+        watch_interval_s: float = 5.0,
+    ) -> None:
         self.runtime = runtime
         self.store = store
         self.policy = policy
+        self._watch = watch
+        self._watch_interval_s = watch_interval_s
+        self._next_watch = 0.0
         self._inbox: queue.Queue[Any] = queue.Queue()
         # One batch prepared ahead of the model, one scored batch ahead of the writer.
         self._prepared: queue.Queue[Any] = queue.Queue(maxsize=1)
@@ -132,6 +147,7 @@ class Batcher:
             if first is _STOP:
                 break
             window, stopping = self._collect_window(first)
+            self._maybe_switch_model()
             try:
                 for batch in self._prepare(window):
                     self._prepared.put(batch)
@@ -140,22 +156,34 @@ class Batcher:
                 _fail(window, exc)
         self._prepared.put(_STOP)
 
+    def _maybe_switch_model(self) -> None:
+        """Between batches, load a newly promoted model. Each batch keeps the runtime that
+        tokenized it, so the switch never mixes one model's tokens with another's weights."""
+        if self._watch is None or time.monotonic() < self._next_watch:
+            return
+        self._next_watch = time.monotonic() + self._watch_interval_s
+        try:
+            fresh = self._watch(self.runtime.version)
+        except Exception:
+            log.exception("checking for a promoted model failed; keeping %s", self.runtime.version)
+            return
+        if fresh is not None:
+            log.info("switching model %s -> %s", self.runtime.version, fresh.version)
+            self.runtime = fresh
+            metrics.MODEL.info({"version": fresh.version, "device": str(fresh.device)})
+
     def _collect_window(self, first: _Item) -> tuple[list[_Item], bool]:
+        """Wait for company until the policy closes the window, then take only what is already
+        waiting (up to a few budgets), so that sorting has material under load."""
         policy = self.policy
         window, tokens = [first], first.tokens
-        while not policy.window_closed(tokens, len(window), time.monotonic() - first.arrived):
-            try:
-                item = self._inbox.get(timeout=policy.wait_left(time.monotonic() - first.arrived))
-            except queue.Empty:
-                break
-            if item is _STOP:
-                return window, True
-            window.append(item)
-            tokens += item.tokens
-        # Whatever else is already waiting joins the window, so sorting has material under load.
         while tokens < policy.window_token_cap:
+            age = time.monotonic() - first.arrived
             try:
-                item = self._inbox.get_nowait()
+                if policy.window_closed(tokens, len(window), age):
+                    item = self._inbox.get_nowait()
+                else:
+                    item = self._inbox.get(timeout=policy.wait_left(age))
             except queue.Empty:
                 break
             if item is _STOP:
@@ -171,7 +199,7 @@ class Batcher:
         cut = time.monotonic()
         lengths = encoded.lengths
         for rows in self.policy.plan(lengths):
-            batch = _Batch([window[i] for i in rows], runtime.collate(encoded, rows))
+            batch = _Batch([window[i] for i in rows], runtime, runtime.collate(encoded, rows))
             metrics.BATCH_ROWS.observe(len(rows))
             metrics.BATCH_PADDED_TOKENS.observe(len(rows) * max(lengths[i] for i in rows))
             batches.append(batch)
@@ -184,7 +212,7 @@ class Batcher:
         while (batch := self._prepared.get()) is not _STOP:
             try:
                 assert batch.tensors is not None
-                runtime = self.runtime
+                runtime = batch.runtime
                 with metrics.BATCH_SECONDS.time():
                     batch.probs = runtime.predict(batch.tensors)
                 batch.model_version = runtime.version

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 
+from db import queries
 from db.engine import make_engine
 from db.store import ResultStore
 from newsq.settings import Settings, get_settings
@@ -21,7 +22,7 @@ from worker.model import ModelRuntime
 class _Singletons:
     """Holder of the process-wide objects, guarded by one lock."""
 
-    lock = threading.Lock()
+    lock = threading.RLock()
     store: ResultStore | None = None
     batcher: Batcher | None = None
 
@@ -43,21 +44,38 @@ def policy_from(settings: Settings) -> BatchPolicy:
 
 
 def batcher() -> Batcher:
-    """Load the model, register its version in SQL, start the pipeline threads (once)."""
+    """Load the promoted model (else NEWSQ_MODEL_DIR), register its version in SQL, start the
+    pipeline threads (once)."""
     results = store()
     with _Singletons.lock:
         if _Singletons.batcher is None:
             settings = get_settings()
-            runtime = ModelRuntime.load(
-                settings.model_dir,
-                device=settings.device,
-                max_length=settings.max_length,
-                version=settings.model_version,
-            )
+            runtime = promoted_runtime(None) or load(settings.model_dir, settings.model_version)
             results.register_model_version(runtime.version, runtime.path)
             metrics.MODEL.info({"version": runtime.version, "device": str(runtime.device)})
-            _Singletons.batcher = Batcher(runtime, results, policy_from(settings)).start()
+            _Singletons.batcher = Batcher(
+                runtime,
+                results,
+                policy_from(settings),
+                watch=promoted_runtime,
+                watch_interval_s=settings.reload_interval_s,
+            ).start()
         return _Singletons.batcher
+
+
+def load(name_or_path: str, version: str | None) -> ModelRuntime:
+    settings = get_settings()
+    return ModelRuntime.load(
+        name_or_path, device=settings.device, max_length=settings.max_length, version=version
+    )
+
+
+def promoted_runtime(current_version: str | None) -> ModelRuntime | None:
+    """The promoted model, loaded, if it is not the one in use."""
+    promoted = queries.promoted_version(store().engine)
+    if promoted is None or promoted["version"] == current_version:
+        return None
+    return load(str(promoted["path"]), str(promoted["version"]))
 
 
 def shutdown() -> None:
