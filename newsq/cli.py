@@ -389,13 +389,21 @@ def demo(
     tokenizer: Annotated[
         Path | None, typer.Option(help="Tokenizer folder for a new model.")
     ] = None,
+    train_samples: Annotated[
+        int,
+        typer.Option(
+            help="When no model is promoted, first train on this many titles of train.txt beside "
+            "--data (0: classify with the untrained model)."
+        ),
+    ] = 20000,
 ) -> None:
-    """Start a worker, classify titles end to end, print a summary and how to query it."""
+    """Start a worker, train a small model if none is promoted, classify titles end to end,
+    print a summary and how to query it."""
     from newsq.demo import run_demo
 
     if not data.exists():
         raise typer.BadParameter(f"{data} does not exist", param_hint="--data")
-    run_demo(settings_with(tokenizer_dir=tokenizer), data, count)
+    run_demo(settings_with(tokenizer_dir=tokenizer), data, count, train_samples)
 
 
 def main() -> None:

@@ -80,7 +80,7 @@ def ensure_model(settings: Settings) -> None:
     console.print(f"Created an untrained small model at {settings.model_dir} (version {version}).")
 
 
-def run_demo(settings: Settings, data: Path, count: int) -> None:
+def run_demo(settings: Settings, data: Path, count: int, train_samples: int) -> None:
     titles = read_titles(data, count)
     if not titles:
         raise SystemExit(f"no titles in {data}")
@@ -90,9 +90,17 @@ def run_demo(settings: Settings, data: Path, count: int) -> None:
     env = {"NEWSQ_DATABASE_URL": settings.database_url, "NEWSQ_MODEL_DIR": settings.model_dir}
     with broker(settings.broker_url) as broker_url, tempfile.TemporaryDirectory() as logs:
         log_path = Path(logs) / "worker.log"
-        console.print("Starting a worker ...")
-        worker = WorkerProcess(broker_url, env, name="newsq-demo", log_path=log_path).start()
+        console.print("Starting a worker (queues newsq.classify and newsq.train) ...")
+        worker = WorkerProcess(
+            broker_url,
+            env,
+            name="newsq-demo",
+            log_path=log_path,
+            queues="newsq.classify,newsq.train",
+        ).start()
         try:
+            if train_samples and queries.promoted_version(engine) is None:
+                train_first(settings, broker_url, data, train_samples)
             ids = [article_id for article_id, _, _ in titles]
             since = utcnow()
             started = time.monotonic()
@@ -105,6 +113,32 @@ def run_demo(settings: Settings, data: Path, count: int) -> None:
             worker.stop()
     report(engine, titles, done, elapsed, settings)
     engine.dispose()
+
+
+def train_first(settings: Settings, broker_url: str, data: Path, samples: int) -> None:
+    """No model is promoted yet: train the small shape briefly through the queue and promote
+    it, so that the demo's labels mean something. The running worker switches to it."""
+    from newsq.train_cli import follow_run
+
+    folder = data.parent
+    with NewsClient(broker_url, database_url=settings.database_url) as client:
+        run_id = client.train(
+            train_file=str((folder / "train.txt").resolve()),
+            dev_file=str((folder / "dev.txt").resolve()),
+            test_file=str(data.resolve()),
+            tokenizer=str(Path(settings.tokenizer_dir).resolve()),
+            output_dir=str(Path("runs").resolve()),
+            epochs=1,
+            max_train_samples=samples,
+            eval_steps=100,
+            promote=True,
+        )
+    console.print(
+        f"No trained model is promoted: training the small model on {samples:,} "
+        f"titles through the queue first (run {run_id}; skip with --train-samples 0)."
+    )
+    if follow_run(settings, run_id) != 0:
+        raise SystemExit(f"training run {run_id} failed")
 
 
 def wait_for(engine: Any, ids: list[str], since: Any, worker: WorkerProcess, timeout: float) -> int:
@@ -126,10 +160,11 @@ def report(
     settings: Settings,
 ) -> None:
     ids = [i for i, _, _ in titles]
-    table = Table(
-        title=f"{done} of {len(ids)} articles classified in {elapsed:.1f}s "
+    console.print(
+        f"{done} of {len(ids)} articles classified in {elapsed:.1f}s "
         f"({done / elapsed:.0f} articles/s, enqueue to commit)"
     )
+    table = Table(title="labels")
     table.add_column("label")
     table.add_column("articles", justify="right")
     for label, n in queries.label_counts(engine, ids):
@@ -143,7 +178,7 @@ def report(
     if truth:
         console.print(
             f"Agreement with the file's labels: {hits / len(truth):.1%} "
-            "(an untrained model scores about 10%: train one to make labels mean something)."
+            "(an untrained model scores about 10%)."
         )
     db = settings.database_url
     console.print(

@@ -93,7 +93,7 @@ def print_report(settings: Settings, run_id: int) -> int:
     console.print(table)
     labels = [row["label"] for row in metrics["per_class"]]
     matrix = Table(
-        "actual \\\\ predicted", *[label[:5] for label in labels], title="confusion matrix"
+        "actual \\ predicted", *[label[:5] for label in labels], title="confusion matrix"
     )
     for label, counts in zip(labels, run["confusion_matrix"] or [], strict=False):
         matrix.add_row(label, *map(str, counts))

@@ -30,6 +30,8 @@ def test_demo_runs_on_embedded_defaults(tmp_path: Path) -> None:
             str(DATA),
             "--tokenizer",
             str(TOKENIZER_DIR),
+            "--train-samples",
+            "300",
         ],
         check=False,
         cwd=tmp_path,
@@ -41,7 +43,9 @@ def test_demo_runs_on_embedded_defaults(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "started an embedded Redis" in out
+    assert "training the small model on 300 titles" in out and "test accuracy" in out
     assert "50 of 50 articles classified" in out
     assert "latest_predictions" in out
     assert (tmp_path / "newsq.db").exists()
     assert (tmp_path / "models/current/config.json").exists()
+    assert list((tmp_path / "runs").glob("run-*/model/config.json"))
