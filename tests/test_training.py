@@ -178,3 +178,26 @@ def version_of(engine: Engine, article_id: str) -> str | None:
     )
     with engine.connect() as conn:
         return conn.execute(query).scalar()
+
+
+def test_a_failed_run_is_marked_failed_with_the_error(
+    start_worker: WorkerFactory,
+    engine: Engine,
+    clean_redis: str,
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    start_worker(queues="newsq.train", concurrency=1)
+    with NewsClient(clean_redis, database_url=database_url) as client:
+        run_id = client.train(
+            train_file=str(tmp_path / "missing.txt"),
+            dev_file=str(tmp_path / "missing.txt"),
+            tokenizer=str(TOKENIZER_DIR),
+            output_dir=str(tmp_path / "runs"),
+        )
+    wait_until(
+        lambda: (registry.get_run(engine, run_id) or {}).get("status") == "failed", timeout=120
+    )
+    run = registry.get_run(engine, run_id)
+    assert run is not None and "no data file" in str(run["error"])
+    assert run["finished_at"] is not None
