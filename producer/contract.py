@@ -149,6 +149,10 @@ class TrainRequest(BaseModel):
     early_stopping_patience: int = Field(3, gt=0)
     max_length: int = Field(32, gt=2, le=512)
     max_train_samples: int | None = Field(None, gt=0)
+    mlm_epochs: float = Field(
+        0.0, ge=0, description="Masked-LM pretraining on the training titles first (0: none)."
+    )
+    mlm_learning_rate: float = Field(5e-4, gt=0)
     seed: int = 42
     promote: bool = False
     promote_if_better: bool = False

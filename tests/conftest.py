@@ -7,10 +7,12 @@ A missing service skips its tests on a laptop, and fails them under CI=true.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psycopg
 import pytest
@@ -105,6 +107,26 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 
 WorkerFactory = Callable[..., WorkerProcess]
+
+
+def run_cli(
+    *args: str,
+    env: dict[str, str],
+    timeout: float = 400,
+    stdin: IO[bytes] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run `newsq ARGS...` as a user would, in a fresh interpreter; nothing raised on failure."""
+    return subprocess.run(
+        [sys.executable, "-m", "newsq", *args],
+        env={**os.environ, **env},
+        stdin=stdin,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @pytest.fixture

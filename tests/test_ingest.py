@@ -17,7 +17,7 @@ from db.models import Prediction
 from db.queries import committed_count
 from producer.contract import CLASSIFY_QUEUE
 from producer.ingest import CHECKPOINT_PREFIX
-from tests.conftest import WorkerFactory
+from tests.conftest import WorkerFactory, run_cli
 from tests.test_end_to_end import wait_until
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -45,15 +45,12 @@ def ingest_cmd(path: Path, *args: str) -> list[str]:
 
 def run_ingest(path: Path, *args: str, env: dict[str, str]) -> tuple[int, str]:
     """Run `newsq ingest` to the end; its exit code and everything it printed."""
-    done = subprocess.run(
-        ingest_cmd(path, *args), env=env, capture_output=True, text=True, timeout=400, check=False
-    )
+    done = run_cli("ingest", str(path), *args, env=env)
     return done.returncode, done.stdout + done.stderr
 
 
 def cli_env(redis_url: str, database_url: str) -> dict[str, str]:
     return {
-        **os.environ,
         "NEWSQ_BROKER_URL": redis_url,
         "NEWSQ_DATABASE_URL": database_url,
         "COLUMNS": "200",
@@ -126,7 +123,7 @@ def test_backpressure_waits_then_an_interrupted_run_resumes(
     # No worker yet: with a bound of 5 messages of 100 the script must stop and wait.
     running = subprocess.Popen(
         ingest_cmd(path, "--chunk-size", "100", "--max-queue", "5"),
-        env=env,
+        env={**os.environ, **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -154,14 +151,7 @@ def test_unreadable_file_and_wrong_column_fail_before_sending(
     path = tmp_path / "a.csv"
     make_csv(path, 10)
     for args in ([str(tmp_path / "missing.csv")], [str(path), "--title-column", "headline"]):
-        result = subprocess.run(
-            [sys.executable, "-m", "newsq", "ingest", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = run_cli("ingest", *args, env=env)
         assert result.returncode == 2
         error_lines = [line for line in result.stderr.splitlines() if "error:" in line]
         assert len(error_lines) == 1, result.stderr
@@ -173,14 +163,7 @@ def test_standard_input_and_json_lines(clean_redis: str, database_url: str, tmp_
     path = tmp_path / "a.csv"
     make_csv(path, 1000)
     with path.open("rb") as stdin:
-        done = subprocess.run(
-            [sys.executable, "-m", "newsq", "ingest", "-", "--chunk-size", "100"],
-            env=env,
-            stdin=stdin,
-            capture_output=True,
-            timeout=120,
-            check=False,
-        )
+        done = run_cli("ingest", "-", "--chunk-size", "100", env=env, stdin=stdin)
     assert done.returncode == 0, done.stderr
     broker = redis.Redis.from_url(clean_redis)
     assert broker.llen(CLASSIFY_QUEUE) == 10

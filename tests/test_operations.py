@@ -26,7 +26,7 @@ from newsq.cli import app as cli_app
 from producer.client import NewsClient, celery_client
 from producer.contract import CLASSIFY_QUEUE, CLASSIFY_TASK
 from producer.status import redact
-from tests.conftest import ROOT, WorkerFactory
+from tests.conftest import ROOT, WorkerFactory, run_cli
 from tests.test_end_to_end import titles, wait_until
 
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -59,17 +59,6 @@ def metric(text: str, name: str) -> float:
             found = True
     assert found, f"{name} not exported"
     return total
-
-
-def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "newsq", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 @pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +14,7 @@ from db import registry
 from db.models import Prediction
 from db.queries import committed_count
 from producer.client import NewsClient
-from tests.conftest import TOKENIZER_DIR, WorkerFactory
+from tests.conftest import TOKENIZER_DIR, WorkerFactory, run_cli
 from tests.test_end_to_end import titles, wait_until
 from worker.model_shapes import init_model
 
@@ -79,25 +76,11 @@ def test_train_through_the_queue_registers_a_version_with_a_report(
     (version,) = [v for v in registry.versions(engine) if v["run_id"] == run_id]
     assert version["promoted_at"] is not None  # nothing was promoted before: "better"
 
-    env = {**os.environ, "NEWSQ_DATABASE_URL": database_url, "COLUMNS": "200"}
-    report = subprocess.run(
-        [sys.executable, "-m", "newsq", "report", str(run_id)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    env = {"NEWSQ_DATABASE_URL": database_url, "COLUMNS": "200"}
+    report = run_cli("report", str(run_id), env=env)
     assert report.returncode == 0, report.stderr
     assert "test accuracy" in report.stdout and "sports" in report.stdout
-    listing = subprocess.run(
-        [sys.executable, "-m", "newsq", "model", "list"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    listing = run_cli("model", "list", env=env)
     assert version["version"] in listing.stdout
 
 

@@ -26,6 +26,7 @@ from transformers import (
 
 from producer.contract import TrainRequest
 from worker.model_shapes import SHAPES, THUCNEWS_LABELS, build_config
+from worker.pretrain import pretrain_encoder
 from worker.train_data import LabelledData, read_data, read_labels
 from worker.train_metrics import classification_report
 from worker.train_plots import plot_confusion, plot_losses
@@ -129,6 +130,19 @@ def train(request: TrainRequest, run_dir: Path, progress: Progress, version: str
         train_data.titles = train_data.titles[: request.max_train_samples]
         train_data.labels = train_data.labels[: request.max_train_samples]
     tokenizer, model = build_model(request, labels)
+    if request.mlm_epochs:
+        pretrain_encoder(
+            model,
+            tokenizer,
+            train_data.titles,
+            epochs=request.mlm_epochs,
+            learning_rate=request.mlm_learning_rate,
+            batch_size=request.batch_size,
+            max_length=request.max_length,
+            seed=request.seed,
+            output_dir=run_dir / "pretrain",
+            callbacks=[ReportProgress(lambda state: progress({"phase": "pretrain", **state}))],
+        )
     datasets = [
         TitleDataset(d, tokenizer, request.max_length) for d in (train_data, dev_data, test_data)
     ]
