@@ -276,6 +276,10 @@ def train(
     patience: Annotated[int, typer.Option(help="Evaluations without a better dev loss.")] = 3,
     max_length: Annotated[int, typer.Option()] = 32,
     max_train_samples: Annotated[int | None, typer.Option()] = None,
+    mlm_epochs: Annotated[
+        float,
+        typer.Option(help="Masked-LM pretraining epochs on the training titles first (0: none)."),
+    ] = 0.0,
     seed: Annotated[int, typer.Option()] = 42,
     output_dir: Annotated[str, typer.Option(help="Runs are written to OUTPUT_DIR/run-ID.")] = (
         "runs"
@@ -307,6 +311,7 @@ def train(
             early_stopping_patience=patience,
             max_length=max_length,
             max_train_samples=max_train_samples,
+            mlm_epochs=mlm_epochs,
             seed=seed,
             output_dir=str(Path(output_dir).resolve()),
             promote=promote,
