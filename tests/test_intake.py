@@ -21,6 +21,7 @@ def test_good_and_bad_articles_of_one_message_are_separated() -> None:
     ]
     intake = parse_message((), {"articles": articles})
     assert [a.key for a in intake.articles] == ["ok-1", "ok-2"]
+    assert intake.positions == [0, 6]
     reasons = {r.position: r.reason for r in intake.rejects}
     assert set(reasons) == {1, 2, 3, 4, 5}
     assert "title" in reasons[1] and "required" in reasons[1]

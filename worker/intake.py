@@ -22,6 +22,7 @@ MAX_PAYLOAD_CHARS = 200_000
 @dataclass(slots=True)
 class Intake:
     articles: list[Article] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)  # of each good article in its message
     rejects: list[RejectRecord] = field(default_factory=list)
 
 
@@ -67,6 +68,7 @@ def parse_message(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Intake:
             if not isinstance(raw, dict):
                 raise TypeError(f"article must be a JSON object, got {type(raw).__name__}")
             intake.articles.append(Article.model_validate(raw))
+            intake.positions.append(position)
         except (ValidationError, TypeError) as exc:
             reason = describe(exc) if isinstance(exc, ValidationError) else str(exc)
             given_id = raw.get("id") if isinstance(raw, dict) else None

@@ -19,7 +19,7 @@ from newsq.settings import get_settings
 from producer.contract import CLASSIFY_TASK
 from worker import metrics, services
 from worker.app import app
-from worker.intake import dump_payload, parse_message
+from worker.intake import Intake, dump_payload, parse_message
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def classify(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
             version = ticket.wait(get_settings().task_timeout)
     except Exception as exc:
         if self.request.retries >= MAX_RETRIES:
-            _give_up(intake.articles, message_id, exc)
+            _give_up(intake, message_id, exc)
             raise
         countdown = min(2**self.request.retries, 60)
         log.warning(
@@ -59,15 +59,15 @@ def classify(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     }
 
 
-def _give_up(articles: list[Any], message_id: str, exc: BaseException) -> None:
+def _give_up(intake: Intake, message_id: str, exc: BaseException) -> None:
     rejects = [
         RejectRecord(
             reason=f"gave up after {MAX_RETRIES} retries: {exc}",
             payload=dump_payload(a.model_dump(exclude_none=True)),
-            position=i,
+            position=position,
             article_id=a.key,
         )
-        for i, a in enumerate(articles)
+        for a, position in zip(intake.articles, intake.positions, strict=True)
     ]
     try:
         services.store().write_rejects(rejects, message_id)
