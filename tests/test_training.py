@@ -47,10 +47,12 @@ def test_train_through_the_queue_registers_a_version_with_a_report(
     clean_redis: str,
     database_url: str,
     tmp_path: Path,
+    small_model: Path,
 ) -> None:
     start_worker(queues="newsq.train", concurrency=1)
     with NewsClient(clean_redis, database_url=database_url) as client:
         run_id = client.train(
+            base_model=str(small_model),  # the from_pretrained path, as with hub weights
             train_file=sample("train.txt", 400, tmp_path / "train.txt"),
             dev_file=sample("dev.txt", 100, tmp_path / "dev.txt"),
             test_file=sample("test.txt", 100, tmp_path / "test.txt"),
