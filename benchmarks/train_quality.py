@@ -47,6 +47,8 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--mlm-epochs", type=float, default=0)
+    parser.add_argument("--label-smoothing", type=float, default=0.0)
+    parser.add_argument("--trim-vocab", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--eval-steps", type=int, default=350)
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--max-train-samples", type=int, default=None)
@@ -65,6 +67,8 @@ def main() -> None:
         learning_rate=args.learning_rate,
         batch_size=args.batch_size,
         mlm_epochs=args.mlm_epochs,
+        label_smoothing=args.label_smoothing,
+        trim_vocab=args.trim_vocab,
         eval_steps=args.eval_steps,
         early_stopping_patience=args.patience,
         max_train_samples=args.max_train_samples,
@@ -85,7 +89,15 @@ def main() -> None:
             f"--{k.replace('_', '-')} {v}"
             for k, v in vars(args).items()
             if k
-            in ("epochs", "learning_rate", "batch_size", "mlm_epochs", "eval_steps", "patience")
+            in (
+                "epochs",
+                "learning_rate",
+                "batch_size",
+                "mlm_epochs",
+                "label_smoothing",
+                "eval_steps",
+                "patience",
+            )
             and v is not None
         ),
         "small_model_test_accuracy": round(report["accuracy"], 4),
@@ -95,6 +107,7 @@ def main() -> None:
         "stopped_at_step": result.stopped_at_step,
         "baseline_tfidf_linearsvc_accuracy": round(base_accuracy, 4),
         "baseline_seconds": round(base_seconds, 1),
+        "trim_vocab": args.trim_vocab,
         "ratio_to_baseline": round(report["accuracy"] / base_accuracy, 4),
         "run_dir": str(run_dir),
     }

@@ -280,6 +280,10 @@ def train(
         float,
         typer.Option(help="Masked-LM pretraining epochs on the training titles first (0: none)."),
     ] = 0.0,
+    trim_vocab: Annotated[
+        bool, typer.Option(help="Named shapes: keep only the tokens the training titles use.")
+    ] = True,
+    label_smoothing: Annotated[float, typer.Option()] = 0.0,
     seed: Annotated[int, typer.Option()] = 42,
     output_dir: Annotated[str, typer.Option(help="Runs are written to OUTPUT_DIR/run-ID.")] = (
         "runs"
@@ -312,6 +316,8 @@ def train(
             max_length=max_length,
             max_train_samples=max_train_samples,
             mlm_epochs=mlm_epochs,
+            trim_vocab=trim_vocab,
+            label_smoothing=label_smoothing,
             seed=seed,
             output_dir=str(Path(output_dir).resolve()),
             promote=promote,

@@ -153,6 +153,11 @@ class TrainRequest(BaseModel):
         0.0, ge=0, description="Masked-LM pretraining on the training titles first (0: none)."
     )
     mlm_learning_rate: float = Field(5e-4, gt=0)
+    trim_vocab: bool = Field(
+        True,
+        description="Named shapes only: keep just the vocabulary entries the training titles use.",
+    )
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
     seed: int = 42
     promote: bool = False
     promote_if_better: bool = False

@@ -30,6 +30,7 @@ from worker.pretrain import pretrain_encoder
 from worker.train_data import LabelledData, read_data, read_labels
 from worker.train_metrics import classification_report
 from worker.train_plots import plot_confusion, plot_losses
+from worker.vocab import trimmed_tokenizer
 
 log = logging.getLogger(__name__)
 Progress = Callable[[dict[str, Any]], None]
@@ -91,15 +92,20 @@ class TrainResult:
     bad_rows: dict[str, list[tuple[int, str]]]
 
 
-def build_model(request: TrainRequest, labels: list[str]) -> tuple[Any, Any]:
-    """A named shape from BertConfig with the real vocab, or `from_pretrained` (production)."""
+def build_model(
+    request: TrainRequest, labels: list[str], titles: list[str], run_dir: Path
+) -> tuple[Any, Any]:
+    """A named shape from BertConfig with the real vocab (trimmed to what `titles` use if the
+    request says so), or `from_pretrained` (production)."""
     if request.base_model in SHAPES:
         tokenizer = AutoTokenizer.from_pretrained(request.tokenizer)
+        config = build_config(request.base_model, request.tokenizer, tuple(labels))
+        if request.trim_vocab:
+            tokenizer = trimmed_tokenizer(tokenizer, titles, run_dir / "tokenizer")
+            config.vocab_size = len(tokenizer)
+            config.pad_token_id = tokenizer.pad_token_id
         torch.manual_seed(request.seed)
-        model = BertForSequenceClassification(
-            build_config(request.base_model, request.tokenizer, tuple(labels))
-        )
-        return tokenizer, model
+        return tokenizer, BertForSequenceClassification(config)
     tokenizer = AutoTokenizer.from_pretrained(request.base_model)
     model = AutoModelForSequenceClassification.from_pretrained(
         request.base_model,
@@ -129,7 +135,7 @@ def train(request: TrainRequest, run_dir: Path, progress: Progress, version: str
     if request.max_train_samples:
         train_data.titles = train_data.titles[: request.max_train_samples]
         train_data.labels = train_data.labels[: request.max_train_samples]
-    tokenizer, model = build_model(request, labels)
+    tokenizer, model = build_model(request, labels, train_data.titles, run_dir)
     if request.mlm_epochs:
         pretrain_encoder(
             model,
@@ -156,6 +162,7 @@ def train(request: TrainRequest, run_dir: Path, progress: Progress, version: str
         # transformers 5: a float below 1 is a ratio of the total steps
         warmup_steps=request.warmup_steps or request.warmup_ratio,
         weight_decay=request.weight_decay,  # the Trainer exempts biases and LayerNorm weights
+        label_smoothing_factor=request.label_smoothing,
         lr_scheduler_type="linear",
         eval_strategy="steps",
         eval_steps=request.eval_steps,
