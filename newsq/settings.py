@@ -25,7 +25,8 @@ class Settings(BaseSettings):
     )
     model_dir: str = Field(
         "models/current",
-        description="save_pretrained folder or Hugging Face model name the classify worker loads.",
+        description="save_pretrained folder or Hugging Face model name the classify worker loads;"
+        " `null`: constant output, no forward pass (benchmarks of the pipeline itself).",
     )
     model_version: str | None = Field(
         None,
@@ -33,7 +34,7 @@ class Settings(BaseSettings):
     )
     tokenizer_dir: str = Field(
         "../shared/data/bert-base-chinese",
-        description="Tokenizer/config folder used by `newsq model init` for new models.",
+        description="Tokenizer/config folder of `newsq model init` and of the `null` model.",
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     token_budget: int = Field(

@@ -56,3 +56,12 @@ def test_huge_content_is_cut_before_tokenizing(small_model: Path) -> None:
     full = runtime.encode([("标题", "正文" * 50_000)])
     short = runtime.encode([("标题", "正文" * 64)])
     assert full.ids == short.ids and len(full.ids[0]) == 32
+
+
+def test_null_model_tokenizes_for_real_and_answers_uniformly(tokenizer_dir: Path) -> None:
+    runtime = ModelRuntime.load("null", tokenizer_dir=str(tokenizer_dir))
+    encoded = runtime.encode([("北京房价上涨", None), ("球队", "赢得比赛")])
+    assert encoded.lengths == [8, 9]
+    probs = runtime.predict(runtime.collate(encoded, [0, 1]))
+    assert runtime.version == "null" and runtime.labels[7] == "sports"
+    assert probs.shape == (2, 10) and np.allclose(probs, 0.1)

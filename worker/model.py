@@ -11,13 +11,35 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig
+
+from worker.model_shapes import THUCNEWS_LABELS
 
 log = logging.getLogger(__name__)
+
+NULL_MODEL = "null"
+
+
+class NullClassifier(torch.nn.Module):
+    """Uniform output without a forward pass, selected by the model path `null`.
+
+    Benchmarks serve it to measure the pipeline's own ceiling (Redis, tokenizer, SQL): whatever
+    rate newsq reaches with it is the most any real model can get from this machine.
+    """
+
+    def __init__(self, labels: Sequence[str]) -> None:
+        super().__init__()
+        self.config = PretrainedConfig(id2label=dict(enumerate(labels)))
+        self.config.newsq_model_version = NULL_MODEL
+        self.num_labels = len(labels)
+
+    def forward(self, input_ids: torch.Tensor, **_: torch.Tensor) -> SimpleNamespace:
+        return SimpleNamespace(logits=torch.zeros(input_ids.shape[0], self.num_labels))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -82,14 +104,21 @@ class ModelRuntime:
         device: str = "auto",
         max_length: int = 64,
         version: str | None = None,
+        tokenizer_dir: str | None = None,
     ) -> ModelRuntime:
+        """`name_or_path` `null` serves the NullClassifier with the tokenizer in
+        `tokenizer_dir` and the THUCNews labels."""
         torch_device = resolve_device(device)
-        if not Path(name_or_path).exists():
-            log.warning(
-                "%s is not a local folder: loading it from the Hugging Face Hub", name_or_path
-            )
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        model = AutoModelForSequenceClassification.from_pretrained(name_or_path)
+        if name_or_path == NULL_MODEL:
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+            model: Any = NullClassifier(THUCNEWS_LABELS)
+        else:
+            if not Path(name_or_path).exists():
+                log.warning(
+                    "%s is not a local folder: loading it from the Hugging Face Hub", name_or_path
+                )
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+            model = AutoModelForSequenceClassification.from_pretrained(name_or_path)
         model.to(torch_device).eval()
         resolved = version or model_version_of(name_or_path, model.config)
         log.info("loaded model %s (version %s) on %s", name_or_path, resolved, torch_device)

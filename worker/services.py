@@ -66,7 +66,11 @@ def batcher() -> Batcher:
 def load(name_or_path: str, version: str | None) -> ModelRuntime:
     settings = get_settings()
     return ModelRuntime.load(
-        name_or_path, device=settings.device, max_length=settings.max_length, version=version
+        name_or_path,
+        device=settings.device,
+        max_length=settings.max_length,
+        version=version,
+        tokenizer_dir=settings.tokenizer_dir,
     )
 
 
