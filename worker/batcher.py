@@ -202,6 +202,7 @@ class Batcher:
             batch = _Batch([window[i] for i in rows], runtime, runtime.collate(encoded, rows))
             metrics.BATCH_ROWS.observe(len(rows))
             metrics.BATCH_PADDED_TOKENS.observe(len(rows) * max(lengths[i] for i in rows))
+            metrics.BATCH_TOKENS.inc(sum(lengths[i] for i in rows))
             batches.append(batch)
         for item in window:
             metrics.QUEUE_WAIT.observe(cut - item.arrived)

@@ -24,6 +24,9 @@ BATCH_PADDED_TOKENS = Histogram(
     "Rows x padded length per batch",
     buckets=(64, 256, 1024, 2048, 4096, 8192, 16384, 32768),
 )
+BATCH_TOKENS = Counter(
+    "newsq_batch_tokens", "Real (unpadded) tokens fed to the model; over padded: the fill"
+)
 BATCH_SECONDS = Histogram(
     "newsq_batch_forward_seconds",
     "Forward pass time per batch",

@@ -1,0 +1,426 @@
+"""Throughput and latency of newsq against the bare model and a naive worker, in one run.
+
+    benchmarks/run                      # the CPU set: null + small model, SQLite + PostgreSQL
+    benchmarks/run --models null,small,base --device cuda   # what benchmarks/gpu.sh runs
+
+Every figure comes from the same run on the same THUCNews titles, so the ratios hold on a noisy
+machine. Prints a markdown table; writes benchmarks/results/pipeline.json (or --output).
+
+* bare: the model alone, pre-tokenized length-sorted batches in a loop (no queue, no SQL).
+* newsq: articles enqueued through NewsClient -> rows committed in SQL, by a real `newsq worker`
+  process, with 256-article and 1-article messages.
+* naive: benchmarks/naive_worker.py (one task, forward pass and commit per article).
+* latency: one-article messages offered at a light, steady rate; enqueue -> committed row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+import redis
+import torch
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import Engine, text
+
+from db.engine import make_engine
+from db.migrate import upgrade
+from newsq.settings import Settings
+from producer.client import NewsClient, celery_client
+from worker.batch_policy import BatchPolicy
+from worker.launcher import WorkerProcess
+from worker.model import ModelRuntime
+from worker.model_shapes import init_model
+from worker.services import policy_from
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared/data"
+METRICS_PORT = 9890
+
+
+@dataclass
+class Case:
+    """One measured line of the table."""
+
+    kind: str  # bare | newsq | naive | latency
+    model: str
+    database: str = "-"
+    per_message: int = 0
+    articles: int = 0
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.articles / self.seconds if self.seconds else 0.0
+
+
+def read_titles(count: int) -> list[str]:
+    """THUCNews titles (train, dev, test), repeated when more are asked for than exist."""
+    titles: list[str] = []
+    for name in ("train.txt", "dev.txt", "test.txt"):
+        with (DATA / "thucnews" / name).open(encoding="utf-8") as lines:
+            titles += [line.split("\t", 1)[0] for line in lines if line.strip()]
+    return [titles[i % len(titles)] for i in range(count)]
+
+
+def make_model(shape: str, work: Path) -> str:
+    """A model folder of `shape` (weights untrained: the speed is the same), or `null`."""
+    if shape == "null":
+        return "null"
+    path = work / shape
+    if not path.exists():
+        init_model(shape, path, DATA / "bert-base-chinese")
+    return str(path)
+
+
+# -- 1. the bare model --------------------------------------------------------------------------
+def bare(model_dir: str, titles: list[str], device: str, policy: BatchPolicy) -> list[Case]:
+    """Pre-tokenized, length-sorted batches through the model in a loop: fixed batch sizes and
+    the plan of newsq's batch policy (its token budget). The best of them is the ceiling."""
+    runtime = ModelRuntime.load(model_dir, device=device, max_length=policy.max_length)
+    encoded = runtime.encode([(t, None) for t in titles])
+    order = sorted(range(len(titles)), key=lambda i: len(encoded.ids[i]))
+    plans = {
+        f"batch {size}": [order[i : i + size] for i in range(0, len(order), size)]
+        for size in (1, 64, 256)
+    }
+    by_length = [encoded.lengths[i] for i in order]
+    plans["newsq policy"] = [[order[i] for i in rows] for rows in policy.plan(by_length)]
+    cases = []
+    # batch 1 is slow: a sample of the same titles is enough
+    plans["batch 1"] = plans["batch 1"][:: max(1, len(order) // 1000)]
+    for name, batches in plans.items():
+        tensors = [runtime.collate(encoded, rows) for rows in batches]
+        runtime.predict(tensors[-1])  # warm-up
+        sync(runtime.device)
+        started = time.perf_counter()
+        for batch in tensors:
+            runtime.predict(batch)
+        sync(runtime.device)
+        case = Case("bare", Path(model_dir).name, articles=sum(len(b) for b in batches))
+        case.seconds = time.perf_counter() - started
+        case.extra = {"batching": name, "mean_rows": round(case.articles / len(batches), 1)}
+        cases.append(case)
+        print(f"  bare {case.model} {name}: {case.rate:,.0f}/s", flush=True)
+    return cases
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+# -- services ------------------------------------------------------------------------------------
+@contextmanager
+def database(kind: str, work: Path, pg_url: str) -> Iterator[str]:
+    """A fresh, migrated database: a SQLite file, or a PostgreSQL schema dropped afterwards."""
+    if kind == "sqlite":
+        url = f"sqlite:///{work / f'bench-{uuid.uuid4().hex[:8]}.db'}"
+        upgrade(url)
+        yield url
+        return
+    schema = f"newsq_bench_{uuid.uuid4().hex[:8]}"
+    plain = pg_url.replace("+psycopg", "")
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        url = f"{pg_url}?options=-csearch_path%3D{schema}"
+        upgrade(url)
+        yield url
+    finally:
+        with psycopg.connect(plain, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@contextmanager
+def newsq_worker(redis_url: str, database_url: str, model_dir: str, args: Any) -> Iterator[int]:
+    """A real `newsq worker` process on an empty queue; yields its pid."""
+    redis.Redis.from_url(redis_url).flushdb()
+    env = {
+        "NEWSQ_DATABASE_URL": database_url,
+        "NEWSQ_MODEL_DIR": model_dir,
+        "NEWSQ_TOKENIZER_DIR": str(DATA / "bert-base-chinese"),
+        "NEWSQ_DEVICE": args.device,
+        "NEWSQ_METRICS_PORT": str(METRICS_PORT),
+    }
+    log = args.work / "worker.log"
+    process = WorkerProcess(redis_url, env, name=f"bench-{uuid.uuid4().hex[:6]}", log_path=log)
+    process.start()
+    try:
+        assert process.process is not None
+        yield process.process.pid
+    finally:
+        process.stop(timeout=60)
+
+
+def wait_rows(engine: Engine, table: str, count: int, timeout: float) -> float:
+    """perf_counter() when `table` first holds `count` rows."""
+    deadline = time.monotonic() + timeout
+    query = text(f"SELECT count(*) FROM {table}")
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            if conn.execute(query).scalar_one() >= count:
+                return time.perf_counter()
+        time.sleep(0.05)
+    raise TimeoutError(f"{table} did not reach {count:,} rows in {timeout:.0f}s")
+
+
+def articles_for(titles: list[str], tag: str) -> list[dict[str, str]]:
+    return [{"id": f"{tag}-{i}", "title": title} for i, title in enumerate(titles)]
+
+
+def scrape(pid: int) -> dict[str, Any]:
+    """Batch statistics from the worker's /metrics, and its peak RSS from /proc."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).read()
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            if sample.name.startswith("newsq_batch"):
+                values[sample.name] = values.get(sample.name, 0.0) + sample.value
+    batches = values.get("newsq_batch_rows_count", 0.0) or 1.0
+    status = Path(f"/proc/{pid}/status").read_text()
+    peak_kib = next(
+        int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")
+    )
+    return {
+        "batches": int(values.get("newsq_batch_rows_count", 0)),
+        "mean_rows": round(values.get("newsq_batch_rows_sum", 0.0) / batches, 1),
+        "fill": round(
+            values.get("newsq_batch_tokens_total", 0.0)
+            / (values.get("newsq_batch_padded_tokens_sum", 0.0) or 1.0),
+            3,
+        ),
+        "forward_ms": round(1000 * values.get("newsq_batch_forward_seconds_sum", 0.0) / batches, 2),
+        "write_ms": round(1000 * values.get("newsq_batch_write_seconds_sum", 0.0) / batches, 2),
+        "peak_rss_mb": round(peak_kib / 1024),
+    }
+
+
+# -- 2. newsq end to end ---------------------------------------------------------------------
+def newsq_run(model_dir: str, kind: str, per_message: int, titles: list[str], args: Any) -> Case:
+    """Enqueue through NewsClient (a warm-up message first), time until every row is committed."""
+    with (
+        database(kind, args.work, args.pg_url) as url,
+        newsq_worker(args.redis_url, url, model_dir, args) as pid,
+        NewsClient(args.redis_url) as client,
+    ):
+        engine = make_engine(url)
+        client.enqueue(articles_for(titles[:32], "warm"), chunk_size=32)
+        wait_rows(engine, "predictions", 32, 120)
+        started = time.perf_counter()
+        client.enqueue(articles_for(titles, "bench"), chunk_size=per_message)
+        enqueued = time.perf_counter() - started
+        done = wait_rows(engine, "predictions", 32 + len(titles), args.timeout)
+        case = Case("newsq", Path(model_dir).name, kind, per_message, len(titles))
+        case.seconds = done - started
+        case.extra = {"enqueue_per_s": round(len(titles) / enqueued), **scrape(pid)}
+        engine.dispose()
+    print(
+        f"  newsq {case.model} {kind} {per_message}/msg: {case.rate:,.0f}/s {case.extra}",
+        flush=True,
+    )
+    return case
+
+
+# -- 3. the naive baseline -------------------------------------------------------------------
+def naive_run(model_dir: str, titles: list[str], args: Any) -> Case:
+    """benchmarks/naive_worker.py on PostgreSQL, fed one `apply_async` per article."""
+    redis.Redis.from_url(args.redis_url).flushdb()
+    with database("postgresql", args.work, args.pg_url) as url:
+        engine = make_engine(url)
+        from benchmarks.naive_worker import CREATE_TABLE, TABLE
+
+        with engine.begin() as conn:
+            conn.execute(text(CREATE_TABLE))
+        env = {
+            **os.environ,
+            "NAIVE_BROKER_URL": args.redis_url,
+            "NAIVE_DATABASE_URL": url,
+            "NAIVE_MODEL_DIR": model_dir,
+        }
+        command = [sys.executable, "-m", "celery", "-A", "benchmarks.naive_worker", "worker"]
+        command += ["-P", "prefork", "-c", str(os.cpu_count() or 1), "-Q", "naive", "-l", "WARNING"]
+        with (args.work / "naive.log").open("ab") as log:
+            worker = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=log)
+        app = celery_client(args.redis_url)
+        try:
+            warm = titles[:32]
+            for i, title in enumerate(warm):
+                app.send_task("naive.classify", args=(f"warm-{i}", title), queue="naive")
+            wait_rows(engine, TABLE, len(warm), 120)
+            started = time.perf_counter()
+            for i, title in enumerate(titles):
+                app.send_task("naive.classify", args=(f"bench-{i}", title), queue="naive")
+            done = wait_rows(engine, TABLE, len(warm) + len(titles), args.timeout)
+        finally:
+            worker.terminate()
+            worker.wait(60)
+            app.close()
+            engine.dispose()
+    case = Case("naive", Path(model_dir).name, "postgresql", 1, len(titles), done - started)
+    print(f"  naive {case.model}: {case.rate:,.0f}/s", flush=True)
+    return case
+
+
+# -- 4. latency at light load ----------------------------------------------------------------
+def latency_run(model_dir: str, titles: list[str], args: Any) -> Case:
+    """One-article messages at `--latency-rate`/s; enqueue -> row committed, per article."""
+    settings = Settings()
+    with (
+        database("postgresql", args.work, args.pg_url) as url,
+        newsq_worker(args.redis_url, url, model_dir, args) as pid,
+        NewsClient(args.redis_url) as client,
+    ):
+        engine = make_engine(url)
+        count = int(args.latency_rate * args.latency_seconds)
+        sent: dict[str, float] = {}
+        started = time.time()
+        for i, article in enumerate(articles_for(titles[:count], "lat")):
+            time.sleep(max(0.0, started + i / args.latency_rate - time.time()))
+            sent[article["id"]] = time.time()
+            client.enqueue([article], chunk_size=1)
+        wait_rows(engine, "predictions", count, args.timeout)
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT article_id, created_at FROM predictions")).all()
+        stats = scrape(pid)
+        engine.dispose()
+    latencies = np.array(
+        [
+            (created if created.tzinfo else created.replace(tzinfo=UTC)).timestamp() - sent[aid]
+            for aid, created in rows
+        ]
+    )
+    p50, p99 = (float(np.percentile(latencies, q)) * 1000 for q in (50, 99))
+    bound = settings.max_wait_ms + 2 * stats["forward_ms"]
+    case = Case("latency", Path(model_dir).name, "postgresql", 1, count, args.latency_seconds)
+    case.extra = {
+        "offered_per_s": args.latency_rate,
+        "p50_ms": round(p50, 1),
+        "p99_ms": round(p99, 1),
+        "bound_ms": round(bound, 1),
+        **stats,
+    }
+    print(f"  latency: p50 {p50:.1f} ms, p99 {p99:.1f} ms (bound {bound:.1f} ms)", flush=True)
+    return case
+
+
+# -- the run -----------------------------------------------------------------------------------
+def table(cases: list[Case], ceiling: dict[str, float], naive: dict[str, float]) -> str:
+    lines = [
+        "| case | model | database | articles/msg | articles | articles/s | of bare ceiling "
+        "| vs naive | rows/batch | fill | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in cases:
+        if c.kind == "latency":
+            continue
+        label = f"{c.kind} ({c.extra['batching']})" if c.kind == "bare" else c.kind
+        of_bare = (
+            f"{c.rate / ceiling[c.model]:.2f}" if c.kind == "newsq" and c.model in ceiling else "-"
+        )
+        vs_naive = (
+            f"{c.rate / naive[c.model]:.1f}x" if c.kind == "newsq" and c.model in naive else "-"
+        )
+        lines.append(
+            f"| {label} | {c.model} | {c.database} | {c.per_message or '-'} | {c.articles:,} "
+            f"| {c.rate:,.0f} | {of_bare} | {vs_naive} | {c.extra.get('mean_rows', '-')} "
+            f"| {c.extra.get('fill', '-')} | {c.extra.get('peak_rss_mb', '-')} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="null,small", help="null, small, base (GPU)")
+    parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--null-articles", type=int, default=200_000)
+    parser.add_argument("--model-articles", type=int, default=20_000)
+    parser.add_argument("--single-articles", type=int, default=10_000, help="1-article messages")
+    parser.add_argument("--naive-articles", type=int, default=2_000)
+    parser.add_argument("--latency-rate", type=float, default=20.0)
+    parser.add_argument("--latency-seconds", type=float, default=15.0)
+    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
+    parser.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/pipeline.json")
+    args = parser.parse_args()
+    models = args.models.split(",")
+    databases = args.databases.split(",")
+    titles = read_titles(max(args.null_articles, args.model_articles, args.single_articles))
+    cases: list[Case] = []
+    with tempfile.TemporaryDirectory(prefix="newsq-bench-") as tmp:
+        args.work = Path(tmp)
+        policy = policy_from(Settings())
+        dirs = {shape: make_model(shape, args.work) for shape in models}
+        ceiling: dict[str, float] = {}
+        naive: dict[str, float] = {}
+        for shape in models:
+            if shape == "null":
+                continue
+            bare_cases = bare(dirs[shape], titles[: args.model_articles], args.device, policy)
+            ceiling[shape] = max(c.rate for c in bare_cases)
+            cases += bare_cases
+            naive_case = naive_run(dirs[shape], titles[: args.naive_articles], args)
+            naive[shape] = naive_case.rate
+            cases.append(naive_case)
+        for shape in models:
+            chunked = args.null_articles if shape == "null" else args.model_articles
+            for kind in databases:
+                cases.append(newsq_run(dirs[shape], kind, 256, titles[:chunked], args))
+            single = titles[
+                : args.single_articles if shape == "null" else args.single_articles // 4
+            ]
+            cases.append(newsq_run(dirs[shape], "postgresql", 1, single, args))
+        light = next((s for s in models if s != "null"), "null")
+        cases.append(latency_run(dirs[light], titles, args))
+    latency = cases[-1].extra
+    report = table(cases, ceiling, naive)
+    report += (
+        f"\n\nLatency, {light} model, PostgreSQL, one article per message offered at "
+        f"{latency['offered_per_s']:.0f}/s: p50 {latency['p50_ms']} ms, p99 {latency['p99_ms']} ms "
+        f"(bound: max wait {Settings().max_wait_ms} ms + 2 x forward {latency['forward_ms']} ms "
+        f"= {latency['bound_ms']} ms)."
+    )
+    print(report)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(
+        json.dumps(
+            {
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "device": args.device,
+                    "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+                    "python": platform.python_version(),
+                    "torch": torch.__version__,
+                },
+                "ceiling": ceiling,
+                "naive": naive,
+                "cases": [{**asdict(c), "rate": round(c.rate, 1)} for c in cases],
+                "table": report,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
