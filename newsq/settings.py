@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(
         3600, gt=0, description="Seconds before Redis redelivers an unacked message."
     )
+    max_deliveries: int = Field(
+        5,
+        gt=0,
+        description="Deliveries of one message (redeliveries after its worker died included)"
+        " before its articles are dead-lettered as rejects instead of being tried again.",
+    )
     task_timeout: float = Field(
         600.0, gt=0, description="Seconds a classify task waits for its rows to be committed."
     )

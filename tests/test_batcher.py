@@ -6,6 +6,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy import Engine, func, select
 
@@ -16,7 +17,7 @@ from db.store import ArticleRecord, PredictionRecord, ResultStore
 from producer.contract import Article
 from worker.batch_policy import BatchPolicy
 from worker.batcher import Batcher
-from worker.model import ModelRuntime
+from worker.model import Encoded, ModelRuntime, TensorBatch
 
 
 class CountingStore(ResultStore):
@@ -49,8 +50,31 @@ def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
     engine.dispose()
 
 
-def make_batcher(small_model: Path, store: ResultStore, max_wait_s: float = 0.05) -> Batcher:
-    runtime = ModelRuntime.load(str(small_model), device="cpu", max_length=32)
+class PoisonedRuntime(ModelRuntime):
+    """The real runtime, except that its tokenizer fails on any text holding ☠, its model on
+    any row holding the token 毒, and everything fails while `broken` is set."""
+
+    broken = False
+
+    def encode(self, pairs: Sequence[tuple[str, str | None]]) -> Encoded:
+        if any("☠" in title for title, _ in pairs):
+            raise ValueError("tokenizer chokes")
+        return super().encode(pairs)
+
+    def predict(self, batch: TensorBatch) -> np.ndarray:
+        poison = self._backend.token_to_id("毒")
+        if self.broken or bool((batch.input_ids == poison).any()):
+            raise RuntimeError("model chokes")
+        return super().predict(batch)
+
+
+def make_batcher(
+    small_model: Path,
+    store: ResultStore,
+    max_wait_s: float = 0.05,
+    runtime_class: type[ModelRuntime] = ModelRuntime,
+) -> Batcher:
+    runtime = runtime_class.load(str(small_model), device="cpu", max_length=32)
     store.register_model_version(runtime.version, runtime.path)
     policy = BatchPolicy(token_budget=2048, max_wait_s=max_wait_s, max_rows=256, max_length=32)
     return Batcher(runtime, store, policy).start()
@@ -102,3 +126,35 @@ def test_close_finishes_what_was_submitted(small_model: Path, sqlite_engine: Eng
     assert ticket.wait(timeout=1) is not None
     with pytest.raises(RuntimeError, match="closed"):
         batcher.submit([Article(title="too late")])
+
+
+def test_poison_articles_are_isolated_and_rejected_while_the_rest_is_stored(
+    small_model: Path, sqlite_engine: Engine
+) -> None:
+    store = CountingStore(sqlite_engine)
+    batcher = make_batcher(small_model, store, max_wait_s=0.2, runtime_class=PoisonedRuntime)
+    titles = [f"第{i}条财经新闻" for i in range(40)]
+    titles[7], titles[23] = "这条新闻有毒", "骷髅☠标题"
+    mixed = batcher.submit([Article(id=f"m{i}", title=t) for i, t in enumerate(titles)])
+    clean = batcher.submit([Article(id=f"c{i}", title=f"体育新闻{i}") for i in range(10)])
+    assert mixed.wait(timeout=60) == clean.wait(timeout=60) == batcher.runtime.version
+    assert sorted(mixed.rejected) == [
+        (7, "the model fails on this article: RuntimeError('model chokes')"),
+        (23, "the tokenizer fails on this article: ValueError('tokenizer chokes')"),
+    ]
+    assert clean.rejected == []
+    with sqlite_engine.connect() as conn:
+        stored = set(conn.execute(select(Prediction.article_id)).scalars())
+    assert stored == {f"m{i}" for i in range(40) if i not in (7, 23)} | {f"c{i}" for i in range(10)}
+
+    # A model that fails on everything, a plain title included, is not an input problem:
+    # the batch fails as a whole (its task retries), nothing is rejected.
+    assert isinstance(batcher.runtime, PoisonedRuntime)
+    batcher.runtime.broken = True
+    broken = batcher.submit([Article(id=f"b{i}", title=f"新闻{i}") for i in range(5)])
+    with pytest.raises(RuntimeError, match="model chokes"):
+        broken.wait(timeout=60)
+    assert broken.rejected == []
+    batcher.runtime.broken = False
+    assert batcher.submit([Article(id="after", title="恢复")]).wait(timeout=60) is not None
+    batcher.close()

@@ -18,7 +18,7 @@ from db.queries import committed_count
 from producer.contract import CLASSIFY_QUEUE
 from producer.ingest import CHECKPOINT_PREFIX
 from tests.conftest import WorkerFactory, run_cli
-from tests.test_end_to_end import wait_until
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 

@@ -27,7 +27,7 @@ from producer.client import NewsClient, celery_client
 from producer.contract import CLASSIFY_QUEUE, CLASSIFY_TASK
 from producer.status import redact
 from tests.conftest import ROOT, WorkerFactory, run_cli
-from tests.test_end_to_end import titles, wait_until
+from tests.helpers import titles, wait_until
 
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 

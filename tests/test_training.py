@@ -15,7 +15,7 @@ from db.models import Prediction
 from db.queries import committed_count
 from producer.client import NewsClient
 from tests.conftest import TOKENIZER_DIR, WorkerFactory, run_cli
-from tests.test_end_to_end import titles, wait_until
+from tests.helpers import titles, wait_until
 from worker.model_shapes import init_model
 
 THUCNEWS = TOKENIZER_DIR.parent / "thucnews"

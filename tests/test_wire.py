@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 
 from db.queries import latest_rows
 from tests.conftest import WorkerFactory
-from tests.test_end_to_end import wait_until
+from tests.helpers import wait_until
 
 # The README's example, run as a separate program that can import only redis-py and the stdlib.
 PUSH = r"""

@@ -26,11 +26,13 @@ from db.store import ArticleRecord, PredictionRecord, ResultStore
 from producer.contract import Article
 from worker import metrics
 from worker.batch_policy import BatchPolicy
-from worker.model import ModelRuntime, TensorBatch
+from worker.isolate import isolate
+from worker.model import Encoded, ModelRuntime, TensorBatch
 
 log = logging.getLogger(__name__)
 
 _STOP: Any = object()
+CANARY = [("新闻", None)]  # a plain title: if even this fails, the fault is not in the input
 
 
 class Ticket:
@@ -42,6 +44,7 @@ class Ticket:
         self._done = threading.Event()
         self.error: BaseException | None = None
         self.model_version: str | None = None
+        self.rejected: list[tuple[int, str]] = []  # (index in the submitted list, reason)
         if count == 0:
             self._done.set()
 
@@ -49,6 +52,14 @@ class Ticket:
         with self._lock:
             self._remaining -= count
             self.model_version = model_version
+            if self._remaining <= 0:
+                self._done.set()
+
+    def reject(self, index: int, reason: str) -> None:
+        """The article at `index` failed on its own: it is done, as a reject."""
+        with self._lock:
+            self.rejected.append((index, reason))
+            self._remaining -= 1
             if self._remaining <= 0:
                 self._done.set()
 
@@ -71,6 +82,7 @@ class Ticket:
 class _Item:
     article: Article
     ticket: Ticket
+    index: int  # in the ticket's list of articles
     arrived: float
     tokens: int
 
@@ -79,6 +91,8 @@ class _Item:
 class _Batch:
     items: list[_Item]
     runtime: ModelRuntime
+    encoded: Encoded  # of the batch's window; `rows` picks this batch's rows from it
+    rows: list[int]
     tensors: TensorBatch | None = None
     probs: np.ndarray | None = None
     model_version: str = ""
@@ -125,9 +139,9 @@ class Batcher:
             raise RuntimeError("batcher is closed")
         ticket = Ticket(len(articles))
         now = time.monotonic()
-        for article in articles:
+        for index, article in enumerate(articles):
             tokens = self.policy.estimate_tokens(article.title, article.content)
-            self._inbox.put(_Item(article, ticket, now, tokens))
+            self._inbox.put(_Item(article, ticket, index, now, tokens))
         return ticket
 
     def close(self, timeout: float = 60.0) -> None:
@@ -149,11 +163,16 @@ class Batcher:
             window, stopping = self._collect_window(first)
             self._maybe_switch_model()
             try:
-                for batch in self._prepare(window):
-                    self._prepared.put(batch)
+                try:
+                    batches = self._prepare(window)
+                except Exception as exc:
+                    batches = self._prepare_without_poison(window, exc)
             except Exception as exc:  # a failed window fails its tasks, never the worker
                 log.exception("tokenizing a window of %d articles failed", len(window))
                 _fail(window, exc)
+                continue
+            for batch in batches:
+                self._prepared.put(batch)
         self._prepared.put(_STOP)
 
     def _maybe_switch_model(self) -> None:
@@ -194,12 +213,14 @@ class Batcher:
 
     def _prepare(self, window: list[_Item]) -> list[_Batch]:
         runtime = self.runtime
-        encoded = runtime.encode([(i.article.title, i.article.content) for i in window])
+        encoded = runtime.encode(_pairs(window))
         batches = []
         cut = time.monotonic()
         lengths = encoded.lengths
         for rows in self.policy.plan(lengths):
-            batch = _Batch([window[i] for i in rows], runtime, runtime.collate(encoded, rows))
+            batch = _Batch(
+                [window[i] for i in rows], runtime, encoded, rows, runtime.collate(encoded, rows)
+            )
             metrics.BATCH_ROWS.observe(len(rows))
             metrics.BATCH_PADDED_TOKENS.observe(len(rows) * max(lengths[i] for i in rows))
             metrics.BATCH_TOKENS.inc(sum(lengths[i] for i in rows))
@@ -208,6 +229,14 @@ class Batcher:
             metrics.QUEUE_WAIT.observe(cut - item.arrived)
         return batches
 
+    def _prepare_without_poison(self, window: list[_Item], error: Exception) -> list[_Batch]:
+        """Tokenizing the window raised: reject the articles that fail alone, prepare the rest."""
+        runtime = self.runtime
+        found = isolate(window, lambda items: runtime.encode(_pairs(items)))
+        _reject_poison(found.failed, error, "tokenizer", lambda: runtime.encode(CANARY))
+        good = [item for part, _ in found.done for item in part]
+        return self._prepare(good) if good else []
+
     # -- stage 2: the forward pass ----------------------------------------------------------------
     def _model_loop(self) -> None:
         while (batch := self._prepared.get()) is not _STOP:
@@ -215,7 +244,10 @@ class Batcher:
                 assert batch.tensors is not None
                 runtime = batch.runtime
                 with metrics.BATCH_SECONDS.time():
-                    batch.probs = runtime.predict(batch.tensors)
+                    try:
+                        batch.probs = runtime.predict(batch.tensors)
+                    except Exception as exc:
+                        _predict_without_poison(batch, exc)
                 batch.model_version = runtime.version
                 batch.labels = runtime.labels
                 batch.tensors = None
@@ -242,6 +274,8 @@ class Batcher:
 
     def _write(self, batch: _Batch) -> None:
         assert batch.probs is not None
+        if not batch.items:
+            return
         labels = batch.labels
         top = batch.probs.argmax(axis=1)
         scores = batch.probs[np.arange(len(top)), top]
@@ -254,6 +288,43 @@ class Batcher:
             articles.append(ArticleRecord(a.key, a.title, a.content, a.source))
             predictions.append(PredictionRecord(a.key, label_id, labels[label_id], score, probs))
         self.store.write_batch(articles, predictions, batch.model_version)
+
+
+def _pairs(items: Sequence[_Item]) -> list[tuple[str, str | None]]:
+    return [(item.article.title, item.article.content) for item in items]
+
+
+def _predict_without_poison(batch: _Batch, error: Exception) -> None:
+    """The forward pass raised: keep the rows that pass without the ones that fail alone."""
+    runtime, encoded = batch.runtime, batch.encoded
+    found = isolate(
+        range(len(batch.items)),
+        lambda part: runtime.predict(runtime.collate(encoded, [batch.rows[p] for p in part])),
+    )
+    canary = runtime.encode(CANARY)
+    _reject_poison(
+        [(batch.items[p], exc) for p, exc in found.failed],
+        error,
+        "model",
+        lambda: runtime.predict(runtime.collate(canary, [0])),
+    )
+    kept = [p for part, _ in found.done for p in part]
+    batch.items = [batch.items[p] for p in kept]
+    batch.probs = np.concatenate([probs for _, probs in found.done]) if kept else np.zeros((0, 1))
+
+
+def _reject_poison(
+    failed: list[tuple[_Item, Exception]], error: Exception, stage: str, canary: Callable[[], Any]
+) -> None:
+    """Reject the articles that failed alone, unless a plain title fails too: then the fault is
+    not in the input (model or device broken), and `error` fails the whole batch, to be retried."""
+    try:
+        canary()
+    except Exception:
+        raise error from None
+    for item, exc in failed:
+        log.warning("article %s makes the %s fail: %r", item.article.key, stage, exc)
+        item.ticket.reject(item.index, f"the {stage} fails on this article: {exc!r}"[:2000])
 
 
 def _fail(items: Sequence[_Item], error: BaseException) -> None:

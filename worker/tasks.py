@@ -36,13 +36,20 @@ MAX_RETRIES = 12
 def classify(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     intake = parse_message(args, kwargs)
     message_id = self.request.id
+    if (self.request.delivery_info or {}).get("redelivered"):
+        deliveries = 1 + count_redelivery(self)
+        if deliveries > get_settings().max_deliveries:
+            return _dead_letter(intake, message_id, deliveries)
     try:
         services.store().write_rejects(intake.rejects, message_id)
         metrics.REJECTS.inc(len(intake.rejects))
-        version = None
+        version, poisoned = None, []
         if intake.articles:
             ticket = services.batcher().submit(intake.articles)
             version = ticket.wait(get_settings().task_timeout)
+            poisoned = article_rejects(intake, ticket.rejected)
+            services.store().write_rejects(poisoned, message_id)
+            metrics.REJECTS.inc(len(poisoned))
     except Exception as exc:
         if self.request.retries >= MAX_RETRIES:
             _give_up(intake, message_id, exc)
@@ -53,22 +60,53 @@ def classify(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         )
         raise self.retry(exc=exc, countdown=countdown) from exc
     return {
-        "stored": len(intake.articles),
-        "rejected": len(intake.rejects),
+        "stored": len(intake.articles) - len(poisoned),
+        "rejected": len(intake.rejects) + len(poisoned),
         "model_version": version,
     }
 
 
-def _give_up(intake: Intake, message_id: str, exc: BaseException) -> None:
-    rejects = [
+def article_rejects(intake: Intake, reasons: list[tuple[int, str]]) -> list[RejectRecord]:
+    """Reject rows for good-looking articles of `intake` (by index) that could not be stored."""
+    return [
         RejectRecord(
-            reason=f"gave up after {MAX_RETRIES} retries: {exc}",
-            payload=dump_payload(a.model_dump(exclude_none=True)),
-            position=position,
-            article_id=a.key,
+            reason=reason,
+            payload=dump_payload(intake.articles[i].model_dump(exclude_none=True)),
+            position=intake.positions[i],
+            article_id=intake.articles[i].key,
         )
-        for a, position in zip(intake.articles, intake.positions, strict=True)
+        for i, reason in reasons
     ]
+
+
+def count_redelivery(task: Task) -> int:
+    """How often this message (this retry of it) came back unacked: kombu marks a message
+    restored from a dead worker as redelivered; Redis keeps the count (a week)."""
+    key = f"newsq:redeliveries:{task.request.id}:{task.request.retries}"
+    with task.app.connection_for_write() as connection:
+        client = connection.default_channel.client
+        count, _ = client.pipeline().incr(key).expire(key, 7 * 24 * 3600).execute()
+    return int(count)
+
+
+def _dead_letter(intake: Intake, message_id: str, deliveries: int) -> dict[str, Any]:
+    """A message whose worker keeps dying while holding it: record its articles as rejects and
+    ack it, instead of letting it take down every worker that picks it up."""
+    reason = (
+        f"dead-lettered: delivered {deliveries} times without finishing (the worker holding it"
+        " died each time; NEWSQ_MAX_DELIVERIES)"
+    )
+    every = [(i, reason) for i in range(len(intake.articles))]
+    rejects = intake.rejects + article_rejects(intake, every)
+    services.store().write_rejects(rejects, message_id)
+    metrics.REJECTS.inc(len(rejects))
+    log.error("message %s: %s", message_id, reason)
+    return {"stored": 0, "rejected": len(rejects), "dead_lettered": True}
+
+
+def _give_up(intake: Intake, message_id: str, exc: BaseException) -> None:
+    reason = f"gave up after {MAX_RETRIES} retries: {exc}"
+    rejects = article_rejects(intake, [(i, reason) for i in range(len(intake.articles))])
     try:
         services.store().write_rejects(rejects, message_id)
     except Exception:
