@@ -31,6 +31,12 @@ from producer.contract import (
 ArticleLike = Article | Mapping[str, Any] | Sequence[str | None]
 # Serializes a whole message in one call into pydantic-core.
 _ARTICLES = TypeAdapter(list[Article])
+PUBLISH_RETRY_POLICY = {
+    "max_retries": 40,
+    "interval_start": 0,
+    "interval_step": 0.5,
+    "interval_max": 2,
+}
 
 
 def celery_client(broker_url: str) -> Celery:
@@ -42,6 +48,10 @@ def celery_client(broker_url: str) -> Celery:
         broker_transport_options=BROKER_TRANSPORT_OPTIONS,
         broker_connection_retry_on_startup=True,
         task_default_queue=CLASSIFY_QUEUE,
+        # A Redis restart or failover takes seconds: keep retrying a send for about a minute
+        # (Celery's default gives up after 0.6 s) before the error reaches the caller.
+        task_publish_retry=True,
+        task_publish_retry_policy=PUBLISH_RETRY_POLICY,
     )
     return app
 

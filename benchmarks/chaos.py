@@ -1,0 +1,148 @@
+"""Chaos run: classify N articles while a worker is SIGKILLed K times at random moments and
+started again; then count what SQL holds for the model version: lost and duplicated articles.
+
+    .venv/bin/python -m benchmarks.chaos --articles 100000 --kills 20      # README's figures
+    (tests/test_reliability.py runs the same function with 5,000 articles and 5 kills)
+
+Needs Redis and PostgreSQL on localhost (own Redis db index 15, own schema). Writes
+benchmarks/results/chaos.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import redis
+from sqlalchemy import Engine, func, select
+
+from db.engine import make_engine
+from db.models import Prediction, Reject
+from producer.client import NewsClient
+from worker.launcher import WorkerProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class ChaosResult:
+    articles: int
+    kills: int
+    kills_with_work_left: int
+    committed_at_kills: list[int]
+    lost: int
+    duplicated: int
+    rejected: int
+    redelivered_messages: int
+    seconds: float
+
+
+def committed(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(Prediction)).scalar_one())
+
+
+def run_chaos(
+    start: Callable[[], WorkerProcess],
+    redis_url: str,
+    engine: Engine,
+    articles: list[tuple[str, str]],
+    *,
+    kills: int,
+    window_s: tuple[float, float],
+    chunk_size: int = 256,
+    seed: int = 0,
+    timeout: float = 1800,
+) -> ChaosResult:
+    """Enqueue `articles`, then `kills` times: let a worker run for a random time within
+    `window_s`, SIGKILL it, start a new one. Finally wait until nothing is left to do."""
+    rng = random.Random(seed)
+    started = time.monotonic()
+    with NewsClient(redis_url) as client:
+        client.enqueue(articles, chunk_size=chunk_size)
+    worker = start()
+    at_kills = []
+    for _ in range(kills):
+        time.sleep(rng.uniform(*window_s))
+        worker.kill()
+        at_kills.append(committed(engine))
+        worker = start()
+    client_redis = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + timeout
+    while committed(engine) < len(articles) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    worker.stop()
+    with engine.connect() as conn:
+        rows = conn.execute(select(Prediction.article_id, Prediction.model_version)).all()
+        rejected = int(conn.execute(select(func.count()).select_from(Reject)).scalar_one())
+    distinct = {article_id for article_id, _ in rows}
+    return ChaosResult(
+        articles=len(articles),
+        kills=kills,
+        kills_with_work_left=sum(1 for n in at_kills if n < len(articles)),
+        committed_at_kills=at_kills,
+        lost=len({a for a, _ in articles} - distinct),
+        duplicated=len(rows) - len(distinct),
+        rejected=rejected,
+        redelivered_messages=len(list(client_redis.scan_iter("newsq:redeliveries:*"))),
+        seconds=round(time.monotonic() - started, 1),
+    )
+
+
+def main() -> None:
+    from benchmarks.pipeline import database, make_model, read_titles
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--articles", type=int, default=100_000)
+    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--model", default="small", help="small or null")
+    parser.add_argument("--window", type=float, nargs=2, default=(2.0, 6.0), metavar=("MIN", "MAX"))
+    parser.add_argument("--visibility-timeout", type=int, default=60)
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
+    parser.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/chaos.json")
+    args = parser.parse_args()
+    redis.Redis.from_url(args.redis_url).flushdb()
+    titles = read_titles(args.articles)
+    articles = [(f"chaos-{i}", title) for i, title in enumerate(titles)]
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        database("postgresql", Path(tmp), args.pg_url) as url,
+    ):
+        env = {
+            "NEWSQ_DATABASE_URL": url,
+            "NEWSQ_MODEL_DIR": make_model(args.model, Path(tmp)),
+            "NEWSQ_VISIBILITY_TIMEOUT": str(args.visibility_timeout),
+            "NEWSQ_METRICS_PORT": "0",
+        }
+
+        def start() -> WorkerProcess:
+            name = f"chaos-{uuid.uuid4().hex[:6]}"
+            log = Path(tmp) / "workers.log"
+            return WorkerProcess(args.redis_url, env, name=name, log_path=log).start()
+
+        engine = make_engine(url)
+        result = run_chaos(
+            start,
+            args.redis_url,
+            engine,
+            articles,
+            kills=args.kills,
+            window_s=(args.window[0], args.window[1]),
+        )
+        engine.dispose()
+    summary = {**asdict(result), "model": args.model, "visibility_timeout": args.visibility_timeout}
+    print(json.dumps(summary, indent=2))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
