@@ -41,6 +41,12 @@ class RejectRecord:
     article_id: str | None = None
 
 
+def storable(text: str) -> str:
+    """Escape what SQL text cannot hold: NUL (PostgreSQL) and lone surrogates (not UTF-8)."""
+    text = text.replace("\x00", "\\x00")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _insert(engine: Engine, table: type[Base]) -> Any:
     """The dialect's INSERT, which knows ON CONFLICT (PostgreSQL and SQLite >= 3.24)."""
     if engine.dialect.name == "postgresql":
@@ -96,7 +102,17 @@ class ResultStore:
         if not rejects:
             return
         now = utcnow()
-        rows = [{**_asdict(r), "message_id": message_id, "created_at": now} for r in rejects]
+        rows = [
+            {
+                "reason": storable(r.reason),
+                "payload": storable(r.payload),
+                "position": r.position,
+                "article_id": storable(r.article_id) if r.article_id is not None else None,
+                "message_id": message_id,
+                "created_at": now,
+            }
+            for r in rejects
+        ]
         with self.engine.begin() as conn:
             conn.execute(self._rejects, rows)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from db.store import storable
 from producer.contract import MAX_TITLE_CHARS
 from worker.intake import WHOLE_MESSAGE, parse_message
 
@@ -66,3 +67,8 @@ def test_nul_characters_are_refused_per_article_and_escaped_in_payloads() -> Non
     assert [a.title for a in intake.articles] == ["ok"]
     assert "NUL" in intake.rejects[0].reason, intake.rejects[0].reason
     assert "\x00" not in intake.rejects[0].payload
+
+
+def test_storable_escapes_what_sql_text_cannot_hold() -> None:
+    assert storable("标题\ud800尾\x00") == "标题\\ud800尾\\x00"
+    assert storable("plain 🙂 text") == "plain 🙂 text"

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from db.store import RejectRecord
+from db.store import RejectRecord, storable
 from producer.contract import MAX_ID_CHARS, Article, ClassifyKwargs, describe
 
 WHOLE_MESSAGE = -1
@@ -33,8 +33,8 @@ def dump_payload(value: Any) -> str:
 
 
 def cut_payload(text: str) -> str:
-    """Cap the size, and escape NULs, which PostgreSQL text cannot hold."""
-    text = text.replace("\x00", "\\x00")
+    """Cap the size of a received payload and make it storable."""
+    text = storable(text)
     if len(text) > MAX_PAYLOAD_CHARS:
         return text[:MAX_PAYLOAD_CHARS] + f"... [{len(text) - MAX_PAYLOAD_CHARS} chars cut]"
     return text
