@@ -367,6 +367,8 @@ class CuttableProxy:
 
     def cut(self) -> None:
         assert self._listener is not None
+        # shutdown() wakes the thread blocked in accept(); close() alone would leave it accepting
+        self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         with self._lock:
             for sock in self._sockets:
