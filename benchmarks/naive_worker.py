@@ -34,13 +34,21 @@ def _load(**_: Any) -> None:
     torch.set_num_threads(1)
     model_dir = os.environ["NAIVE_MODEL_DIR"]
     loaded["tokenizer"] = AutoTokenizer.from_pretrained(model_dir)
-    loaded["model"] = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    loaded["engine"] = create_engine(os.environ["NAIVE_DATABASE_URL"])
+    loaded["device"] = device = os.environ.get("NAIVE_DEVICE", "cpu")
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    loaded["model"] = model.to(device).eval()
+    loaded["engine"] = create_engine(
+        os.environ["NAIVE_DATABASE_URL"],
+        connect_args={"timeout": 60}
+        if os.environ["NAIVE_DATABASE_URL"].startswith("sqlite")
+        else {},
+    )
 
 
 @app.task(name="naive.classify")
 def classify(article_id: str, title: str) -> None:
     inputs = loaded["tokenizer"](title, truncation=True, max_length=64, return_tensors="pt")
+    inputs = inputs.to(loaded["device"])
     with torch.inference_mode():
         probs = loaded["model"](**inputs).logits.softmax(-1)[0]
     label = int(probs.argmax())

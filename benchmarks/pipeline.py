@@ -50,7 +50,8 @@ from worker.model_shapes import init_model
 from worker.services import policy_from
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared/data"
+# THUCNews titles and the bert-base-chinese tokenizer (benchmarks/gpu.sh points elsewhere)
+DATA = Path(os.environ.get("NEWSQ_BENCH_DATA", ROOT.parent / "shared/data"))
 METRICS_PORT = 9890
 
 
@@ -91,21 +92,23 @@ def make_model(shape: str, work: Path) -> str:
 
 
 # -- 1. the bare model --------------------------------------------------------------------------
-def bare(model_dir: str, titles: list[str], device: str, policy: BatchPolicy) -> list[Case]:
+def bare(
+    model_dir: str, titles: list[str], device: str, policy: BatchPolicy, sizes: list[int]
+) -> list[Case]:
     """Pre-tokenized, length-sorted batches through the model in a loop: fixed batch sizes and
     the plan of newsq's batch policy (its token budget). The best of them is the ceiling."""
     runtime = ModelRuntime.load(model_dir, device=device, max_length=policy.max_length)
     encoded = runtime.encode([(t, None) for t in titles])
     order = sorted(range(len(titles)), key=lambda i: len(encoded.ids[i]))
     plans = {
-        f"batch {size}": [order[i : i + size] for i in range(0, len(order), size)]
-        for size in (1, 64, 256)
+        f"batch {size}": [order[i : i + size] for i in range(0, len(order), size)] for size in sizes
     }
     by_length = [encoded.lengths[i] for i in order]
     plans["newsq policy"] = [[order[i] for i in rows] for rows in policy.plan(by_length)]
     cases = []
     # batch 1 is slow: a sample of the same titles is enough
-    plans["batch 1"] = plans["batch 1"][:: max(1, len(order) // 1000)]
+    if "batch 1" in plans:
+        plans["batch 1"] = plans["batch 1"][:: max(1, len(order) // 1000)]
     for name, batches in plans.items():
         tensors = [runtime.collate(encoded, rows) for rows in batches]
         runtime.predict(tensors[-1])  # warm-up
@@ -241,9 +244,10 @@ def newsq_run(model_dir: str, kind: str, per_message: int, titles: list[str], ar
 
 # -- 3. the naive baseline -------------------------------------------------------------------
 def naive_run(model_dir: str, titles: list[str], args: Any) -> Case:
-    """benchmarks/naive_worker.py on PostgreSQL, fed one `apply_async` per article."""
+    """benchmarks/naive_worker.py (PostgreSQL unless only SQLite is benchmarked), fed one
+    message per article."""
     redis.Redis.from_url(args.redis_url).flushdb()
-    with database("postgresql", args.work, args.pg_url) as url:
+    with database(args.main_db, args.work, args.pg_url) as url:
         engine = make_engine(url)
         from benchmarks.naive_worker import CREATE_TABLE, TABLE
 
@@ -254,6 +258,7 @@ def naive_run(model_dir: str, titles: list[str], args: Any) -> Case:
             "NAIVE_BROKER_URL": args.redis_url,
             "NAIVE_DATABASE_URL": url,
             "NAIVE_MODEL_DIR": model_dir,
+            "NAIVE_DEVICE": args.device,
         }
         command = [sys.executable, "-m", "celery", "-A", "benchmarks.naive_worker", "worker"]
         command += ["-P", "prefork", "-c", str(os.cpu_count() or 1), "-Q", "naive", "-l", "WARNING"]
@@ -274,7 +279,7 @@ def naive_run(model_dir: str, titles: list[str], args: Any) -> Case:
             worker.wait(60)
             app.close()
             engine.dispose()
-    case = Case("naive", Path(model_dir).name, "postgresql", 1, len(titles), done - started)
+    case = Case("naive", Path(model_dir).name, args.main_db, 1, len(titles), done - started)
     print(f"  naive {case.model}: {case.rate:,.0f}/s", flush=True)
     return case
 
@@ -284,7 +289,7 @@ def latency_run(model_dir: str, titles: list[str], args: Any) -> Case:
     """One-article messages at `--latency-rate`/s; enqueue -> row committed, per article."""
     settings = Settings()
     with (
-        database("postgresql", args.work, args.pg_url) as url,
+        database(args.main_db, args.work, args.pg_url) as url,
         newsq_worker(args.redis_url, url, model_dir, args) as pid,
         NewsClient(args.redis_url) as client,
     ):
@@ -309,7 +314,7 @@ def latency_run(model_dir: str, titles: list[str], args: Any) -> Case:
     )
     p50, p99 = (float(np.percentile(latencies, q)) * 1000 for q in (50, 99))
     bound = settings.max_wait_ms + 2 * stats["forward_ms"]
-    case = Case("latency", Path(model_dir).name, "postgresql", 1, count, args.latency_seconds)
+    case = Case("latency", Path(model_dir).name, args.main_db, 1, count, args.latency_seconds)
     case.extra = {
         "offered_per_s": args.latency_rate,
         "p50_ms": round(p50, 1),
@@ -355,6 +360,12 @@ def main() -> None:
     parser.add_argument("--model-articles", type=int, default=20_000)
     parser.add_argument("--single-articles", type=int, default=10_000, help="1-article messages")
     parser.add_argument("--naive-articles", type=int, default=2_000)
+    parser.add_argument(
+        "--batch-sizes",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[1, 64, 256],
+        help="fixed batch sizes of the bare model, beside the plan of newsq's batch policy",
+    )
     parser.add_argument("--latency-rate", type=float, default=20.0)
     parser.add_argument("--latency-seconds", type=float, default=15.0)
     parser.add_argument("--timeout", type=float, default=900.0)
@@ -364,6 +375,8 @@ def main() -> None:
     args = parser.parse_args()
     models = args.models.split(",")
     databases = args.databases.split(",")
+    # one-article messages, the naive worker and latency run on one database: PostgreSQL if listed
+    args.main_db = "postgresql" if "postgresql" in databases else databases[0]
     titles = read_titles(max(args.null_articles, args.model_articles, args.single_articles))
     cases: list[Case] = []
     with tempfile.TemporaryDirectory(prefix="newsq-bench-") as tmp:
@@ -375,7 +388,8 @@ def main() -> None:
         for shape in models:
             if shape == "null":
                 continue
-            bare_cases = bare(dirs[shape], titles[: args.model_articles], args.device, policy)
+            sample = titles[: args.model_articles]
+            bare_cases = bare(dirs[shape], sample, args.device, policy, args.batch_sizes)
             ceiling[shape] = max(c.rate for c in bare_cases)
             cases += bare_cases
             naive_case = naive_run(dirs[shape], titles[: args.naive_articles], args)
@@ -388,13 +402,13 @@ def main() -> None:
             single = titles[
                 : args.single_articles if shape == "null" else args.single_articles // 4
             ]
-            cases.append(newsq_run(dirs[shape], "postgresql", 1, single, args))
+            cases.append(newsq_run(dirs[shape], args.main_db, 1, single, args))
         light = next((s for s in models if s != "null"), "null")
         cases.append(latency_run(dirs[light], titles, args))
     latency = cases[-1].extra
     report = table(cases, ceiling, naive)
     report += (
-        f"\n\nLatency, {light} model, PostgreSQL, one article per message offered at "
+        f"\n\nLatency, {light} model, {args.main_db}, one article per message offered at "
         f"{latency['offered_per_s']:.0f}/s: p50 {latency['p50_ms']} ms, p99 {latency['p99_ms']} ms "
         f"(bound: max wait {Settings().max_wait_ms} ms + 2 x forward {latency['forward_ms']} ms "
         f"= {latency['bound_ms']} ms)."
