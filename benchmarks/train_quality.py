@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--mlm-epochs", type=float, default=0)
+    parser.add_argument("--mlm-learning-rate", type=float, default=5e-4)
     parser.add_argument("--label-smoothing", type=float, default=0.0)
     parser.add_argument("--trim-vocab", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--eval-steps", type=int, default=350)
@@ -67,6 +68,7 @@ def main() -> None:
         learning_rate=args.learning_rate,
         batch_size=args.batch_size,
         mlm_epochs=args.mlm_epochs,
+        mlm_learning_rate=args.mlm_learning_rate,
         label_smoothing=args.label_smoothing,
         trim_vocab=args.trim_vocab,
         eval_steps=args.eval_steps,
@@ -94,6 +96,7 @@ def main() -> None:
                 "learning_rate",
                 "batch_size",
                 "mlm_epochs",
+                "mlm_learning_rate",
                 "label_smoothing",
                 "eval_steps",
                 "patience",
