@@ -280,6 +280,7 @@ def train(
         float,
         typer.Option(help="Masked-LM pretraining epochs on the training titles first (0: none)."),
     ] = 0.0,
+    mlm_learning_rate: Annotated[float, typer.Option()] = 5e-4,
     trim_vocab: Annotated[
         bool, typer.Option(help="Named shapes: keep only the tokens the training titles use.")
     ] = True,
@@ -316,6 +317,7 @@ def train(
             max_length=max_length,
             max_train_samples=max_train_samples,
             mlm_epochs=mlm_epochs,
+            mlm_learning_rate=mlm_learning_rate,
             trim_vocab=trim_vocab,
             label_smoothing=label_smoothing,
             seed=seed,
