@@ -6,6 +6,7 @@ overwrites its rows instead of adding to them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,7 @@ from sqlalchemy import Engine, Insert
 from sqlalchemy.dialects import postgresql, sqlite
 
 from db.models import ArticleRow, Base, ModelVersion, Prediction, Reject, utcnow
+from db.pg_copy import CopyUpsert
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,18 @@ def _upsert(engine: Engine, table: type[Base], keys: list[str], update: list[str
     )
 
 
+ARTICLE_COLUMNS = ["id", "title", "content", "source", "received_at"]
+PREDICTION_COLUMNS = [
+    "article_id",
+    "model_version",
+    "label_id",
+    "label",
+    "score",
+    "probs",
+    "created_at",
+]
+
+
 class ResultStore:
     """Writes of the classify path. Thread-safe: each call takes its own pooled connection."""
 
@@ -78,6 +92,17 @@ class ResultStore:
             ["label_id", "label", "score", "probs", "created_at"],
         )
         self._rejects = _upsert(engine, Reject, ["message_id", "position"], [])
+        self._copy: tuple[CopyUpsert, CopyUpsert] | None = None
+        if engine.dialect.name == "postgresql":
+            self._copy = (
+                CopyUpsert(ArticleRow.__table__, ARTICLE_COLUMNS, ["id"], ARTICLE_COLUMNS[1:4]),  # type: ignore[arg-type]
+                CopyUpsert(
+                    Prediction.__table__,  # type: ignore[arg-type]
+                    PREDICTION_COLUMNS,
+                    ["article_id", "model_version"],
+                    PREDICTION_COLUMNS[2:],
+                ),
+            )
 
     def write_batch(
         self,
@@ -95,6 +120,12 @@ class ResultStore:
             for p in predictions
         }
         with self.engine.begin() as conn:
+            if self._copy is not None:
+                for row in prediction_rows.values():
+                    row["probs"] = json.dumps(row["probs"])
+                self._copy[0](conn, article_rows.values())
+                self._copy[1](conn, prediction_rows.values())
+                return
             conn.execute(self._articles, list(article_rows.values()))
             conn.execute(self._predictions, list(prediction_rows.values()))
 

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, text, update
+from sqlalchemy import Engine, select, text, update
 
-from db.models import Base, ModelVersion
+from db.models import ArticleRow, Base, ModelVersion, Prediction
 from db.queries import latest_labels
 from db.store import ArticleRecord, PredictionRecord, ResultStore
 
@@ -51,3 +51,13 @@ def test_writing_the_same_batch_twice_upserts(engine: Engine) -> None:
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM predictions")).scalar_one() == 1
         assert conn.execute(text("SELECT title FROM articles")).scalar_one() == "t2"
+    store.write_batch(
+        [ArticleRecord("x", "t3", "正文 'q' \t\\n", "src")],
+        [PredictionRecord("x", 1, "realty", 0.7, [0.3, 0.7])],
+        "v1",
+    )
+    with engine.connect() as conn:
+        row = conn.execute(select(Prediction.label, Prediction.score, Prediction.probs)).one()
+        assert tuple(row) == ("realty", 0.7, [0.3, 0.7])
+        text_row = conn.execute(select(ArticleRow.title, ArticleRow.content, ArticleRow.source))
+        assert tuple(text_row.one()) == ("t3", "正文 'q' \t\\n", "src")
