@@ -20,6 +20,7 @@ from producer.contract import (
 
 
 def create_app(settings: Settings) -> Celery:
+    restore_interval = max(1, min(10, settings.visibility_timeout // 4))
     app = Celery("newsq", broker=settings.broker_url, include=["worker.tasks", "worker.train_task"])
     app.conf.update(
         # Contract: JSON only; a pickled message is refused before it is deserialized.
@@ -37,8 +38,11 @@ def create_app(settings: Settings) -> Celery:
             "visibility_timeout": settings.visibility_timeout,
             # kombu sweeps for messages of dead workers every interval x throttle seconds
             # (100 s by default); sweep a few times per visibility timeout instead.
-            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 4)),
+            "unacked_restore_interval": restore_interval,
             "unacked_restore_throttle": 1,
+            # A sweep holds a Redis lock that expires after 300 s by default: a worker killed
+            # during a sweep would stop every other worker from restoring anything for 5 min.
+            "unacked_mutex_expire": 2 * restore_interval + 5,
         },
         broker_connection_retry_on_startup=True,
         task_queues=(
