@@ -16,6 +16,7 @@ import psycopg
 from psycopg import sql
 from sqlalchemy import Column, Connection, MetaData, Table, select
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.schema import CreateTable
 
 
 class CopyUpsert:
@@ -25,7 +26,7 @@ class CopyUpsert:
         self, table: Table, columns: list[str], keys: list[str], update: list[str]
     ) -> None:
         self.columns = columns
-        # Session-local, emptied at each commit; created once per connection (IF NOT EXISTS).
+        # Session-local, emptied at each commit; IF NOT EXISTS makes it once per connection.
         self.stage = Table(
             f"newsq_stage_{table.name}",
             MetaData(),
@@ -33,6 +34,7 @@ class CopyUpsert:
             prefixes=["TEMPORARY"],
             postgresql_on_commit="DELETE ROWS",
         )
+        self.create = CreateTable(self.stage, if_not_exists=True)
         insert = postgresql.insert(table).from_select(columns, select(*self.stage.c))
         self.upsert = insert.on_conflict_do_update(
             index_elements=keys, set_={name: insert.excluded[name] for name in update}
@@ -43,7 +45,7 @@ class CopyUpsert:
 
     def __call__(self, conn: Connection, rows: Iterable[dict[str, Any]]) -> None:
         """Inside the caller's transaction: stage `rows`, then upsert them."""
-        self.stage.create(conn, checkfirst=True)
+        conn.execute(self.create)  # one statement, not a catalog lookup and then a CREATE
         cursor: psycopg.Cursor[Any] = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr,assignment]
         columns = self.columns
         with cursor, cursor.copy(self.copy) as copy:
