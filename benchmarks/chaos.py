@@ -1,5 +1,6 @@
-"""Chaos run: classify N articles while a worker is SIGKILLed K times at random moments and
-started again; then count what SQL holds for the model version: lost and duplicated articles.
+"""Chaos run: classify N articles while a worker is SIGKILLed K times at random points of
+the run and started again; then count what SQL holds for the model version: lost and
+duplicated articles.
 
     .venv/bin/python -m benchmarks.chaos --articles 100000 --kills 20      # README's figures
     (tests/test_reliability.py runs the same function with 5,000 articles and 5 kills)
@@ -49,6 +50,15 @@ def committed(engine: Engine) -> int:
         return int(conn.execute(select(func.count()).select_from(Prediction)).scalar_one())
 
 
+def kill_points(total: int, kills: int, rng: random.Random) -> list[int]:
+    """Committed-row counts at which to kill: one in each of `kills` equal slices of the first
+    kills/(kills+1) of the run, jittered within its slice. Tying kills to progress instead of
+    to wall time keeps every kill inside the run on a fast machine and a slow one alike (a
+    timed schedule once killed a worker after the last commit on a faster CI machine)."""
+    slice_ = total / (kills + 1)
+    return [int(slice_ * (i + rng.uniform(0.2, 0.8))) for i in range(kills)]
+
+
 def run_chaos(
     start: Callable[[], WorkerProcess],
     redis_url: str,
@@ -56,26 +66,29 @@ def run_chaos(
     articles: list[tuple[str, str]],
     *,
     kills: int,
-    window_s: tuple[float, float],
     chunk_size: int = 256,
     seed: int = 0,
     timeout: float = 1800,
 ) -> ChaosResult:
-    """Enqueue `articles`, then `kills` times: let a worker run for a random time within
-    `window_s`, SIGKILL it, start a new one. Finally wait until nothing is left to do."""
+    """Enqueue `articles`, then `kills` times: wait until the commits reach the next kill point
+    and the current worker has committed something itself, SIGKILL it (whatever it holds
+    unacked or half-batched at that moment), start a new one. Finally wait until nothing is
+    left to do."""
     rng = random.Random(seed)
     started = time.monotonic()
+    deadline = started + timeout
     with NewsClient(redis_url) as client:
         client.enqueue(articles, chunk_size=chunk_size)
     worker = start()
     at_kills = []
-    for _ in range(kills):
-        time.sleep(rng.uniform(*window_s))
+    for point in kill_points(len(articles), kills, rng):
+        at_start = committed(engine)
+        while committed(engine) < max(point, at_start + 1) and time.monotonic() < deadline:
+            time.sleep(rng.uniform(0.01, 0.05))
         worker.kill()
         at_kills.append(committed(engine))
         worker = start()
     client_redis = redis.Redis.from_url(redis_url)
-    deadline = time.monotonic() + timeout
     while committed(engine) < len(articles) and time.monotonic() < deadline:
         time.sleep(0.5)
     worker.stop()
@@ -103,7 +116,6 @@ def main() -> None:
     parser.add_argument("--articles", type=int, default=100_000)
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--model", default="small", help="small or null")
-    parser.add_argument("--window", type=float, nargs=2, default=(2.0, 6.0), metavar=("MIN", "MAX"))
     parser.add_argument("--visibility-timeout", type=int, default=60)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
     parser.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -135,7 +147,6 @@ def main() -> None:
             engine,
             articles,
             kills=args.kills,
-            window_s=(args.window[0], args.window[1]),
         )
         engine.dispose()
     summary = {**asdict(result), "model": args.model, "visibility_timeout": args.visibility_timeout}

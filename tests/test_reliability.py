@@ -266,7 +266,6 @@ def test_five_kills_during_five_thousand_articles_lose_and_duplicate_nothing(
         engine,
         [(i, t) for i, t, _ in titles_],
         kills=5,
-        window_s=(0.3, 1.5),
         chunk_size=50,
         timeout=300,
     )

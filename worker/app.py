@@ -33,6 +33,8 @@ def create_app(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=settings.prefetch_multiplier,
+        # kombu's Redis transport, with a fetch that cannot lose a message to a SIGKILL.
+        broker_transport="worker.broker:Transport",
         broker_transport_options={
             **BROKER_TRANSPORT_OPTIONS,
             "visibility_timeout": settings.visibility_timeout,

@@ -1,0 +1,127 @@
+"""The workers' Redis transport: kombu's, with a fetch that a SIGKILL cannot lose.
+
+kombu's Redis transport BRPOPs a message off its list and only afterwards, in Python, copies it
+into the `unacked` hash that the visibility-timeout sweep restores from. A worker killed
+between the two, even with the reply still unread in its socket, loses that message for good
+(kombu issue #305); the chaos test hit it in about one run in four, a few milliseconds after a
+worker took new messages.
+
+Here one Lua script pops the message and records it as unacked, so at every instant a message
+is in a queue list or in the unacked hash. A script cannot block, so when every list is empty
+the channel waits with `BLMOVE list list RIGHT RIGHT`, which blocks like BRPOP but, moving an
+element onto the end it came from, takes nothing; then it runs the script again. The wait
+watches one list (the first queue's highest-priority list, where messages without a priority
+go): on an idle worker a message in another list is seen within `brpop_timeout` (1 s).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
+
+# KEYS: unacked index (zset), unacked (hash), then the lists in the order BRPOP would read them.
+# ARGV: the time to score the delivery with (the sweep compares it with the worker's clock).
+# Returns {list, message, recorded}; recorded is 0 for a body that is not a kombu envelope,
+# which Python then records (or rejects) exactly as kombu would.
+POP_AND_RECORD = """
+for i = 3, #KEYS do
+  local item = redis.call('RPOP', KEYS[i])
+  if item then
+    local ok, message = pcall(cjson.decode, item)
+    local properties = ok and type(message) == 'table' and message['properties']
+    local info = type(properties) == 'table' and properties['delivery_info']
+    local tag = type(properties) == 'table' and properties['delivery_tag']
+    if type(info) == 'table' and type(tag) == 'string' then
+      redis.call('ZADD', KEYS[1], ARGV[1], tag)
+      redis.call('HSET', KEYS[2], tag, '[' .. item .. ',' .. cjson.encode(info['exchange'] or '')
+        .. ',' .. cjson.encode(info['routing_key'] or '') .. ']')
+      return {KEYS[i], item, 1}
+    end
+    return {KEYS[i], item, 0}
+  end
+end
+return false
+"""
+
+
+class QoS(kombu_redis.QoS):
+    """Skips the unacked writes for deliveries the pop script has recorded already."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.recorded: set[str] = set()
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        if delivery_tag in self.recorded:
+            self.recorded.discard(delivery_tag)
+            virtual.QoS.append(self, message, delivery_tag)
+        else:
+            super().append(message, delivery_tag)
+
+
+class Channel(kombu_redis.Channel):
+    """Alternates the atomic pop with a blocking, non-consuming wait."""
+
+    QoS = QoS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending = ""  # the command in flight: "EVAL" or "BLMOVE"
+        self._lists_empty = False  # the last pop found nothing: wait before the next one
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        lists = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
+        prefix = self.global_keyprefix
+        if self._lists_empty:
+            wait = self.brpop_timeout if timeout is None else timeout
+            key = prefix + lists[0]
+            command: list[Any] = ["BLMOVE", key, key, "RIGHT", "RIGHT", wait or 0]
+            self._pending = "BLMOVE"
+        else:
+            keys = [prefix + self.unacked_index_key, prefix + self.unacked_key]
+            keys += [prefix + name for name in lists]
+            command = ["EVAL", POP_AND_RECORD, len(keys), *keys, time.time()]
+            self._pending = "EVAL"
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]  # kombu: = None
+        self.client.connection.send_command(*command)
+
+    def _brpop_read(self, **options: Any) -> bool:
+        try:
+            try:
+                reply = self.client.parse_response(self.client.connection, self._pending, **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            if self._pending == "BLMOVE":
+                # Something may have arrived (or the wait timed out): pop on the next turn.
+                self._lists_empty = False
+                raise virtual.Empty()
+            if not reply:
+                self._lists_empty = True
+                raise virtual.Empty()
+            name, item, recorded = reply
+            queue = bytes_to_str(name)[len(self.global_keyprefix) :].rsplit(self.sep, 1)[0]
+            message = loads(bytes_to_str(item))
+            if recorded:
+                self.qos.recorded.add(message["properties"]["delivery_tag"])
+            self._queue_cycle.rotate(queue)
+            self.connection._deliver(message, queue)
+            return True
+        finally:
+            self._in_poll = None  # type: ignore[assignment]  # kombu: bool | connection
+            self._flush_brpop_reauth()
+
+
+class Transport(kombu_redis.Transport):
+    """`broker_transport = "worker.broker:Transport"`; broker URLs stay `redis://`."""
+
+    Channel = Channel
