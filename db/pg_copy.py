@@ -9,7 +9,7 @@ statement is built from SQLAlchemy constructs or psycopg's `sql` composition, ne
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import psycopg
@@ -43,12 +43,12 @@ class CopyUpsert:
             sql.Identifier(self.stage.name), sql.SQL(", ").join(map(sql.Identifier, columns))
         )
 
-    def __call__(self, conn: Connection, rows: Iterable[dict[str, Any]]) -> None:
-        """Inside the caller's transaction: stage `rows`, then upsert them."""
+    def __call__(self, conn: Connection, rows: Iterable[Sequence[Any]]) -> None:
+        """Inside the caller's transaction: stage `rows` (values in `columns` order), then
+        upsert them."""
         conn.execute(self.create)  # one statement, not a catalog lookup and then a CREATE
         cursor: psycopg.Cursor[Any] = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr,assignment]
-        columns = self.columns
         with cursor, cursor.copy(self.copy) as copy:
             for row in rows:
-                copy.write_row([row[name] for name in columns])
+                copy.write_row(row)
         conn.execute(self.upsert)

@@ -3,7 +3,8 @@
 Three threads form a pipeline so that tokenizing, the forward pass and the SQL write of
 consecutive batches overlap (each releases the GIL in native code):
 
-    submit() -> inbox -> [tokenize: window, sort, cut, pad] -> 1 batch ahead -> [model] -> [write]
+    submit() -> inbox -> [tokenize: window, sort, cut, pad] -> 1 batch ahead -> [model]
+        -> up to 8 batches ahead -> [write: all that wait, in one transaction]
 
 A task thread submits its articles and waits on its Ticket, which settles only when every one of
 its rows is committed; the Celery message is acked after that (acks_late), so a crash anywhere
@@ -32,6 +33,9 @@ from worker.model import Encoded, ModelRuntime, TensorBatch
 log = logging.getLogger(__name__)
 
 _STOP: Any = object()
+# One transaction writes at most this many rows; up to SCORED_BACKLOG scored batches wait for it.
+WRITE_ROWS_CAP = 4096
+SCORED_BACKLOG = 8
 CANARY = [("新闻", None)]  # a plain title: if even this fails, the fault is not in the input
 
 
@@ -119,9 +123,10 @@ class Batcher:
         self._watch_interval_s = watch_interval_s
         self._next_watch = 0.0
         self._inbox: queue.Queue[Any] = queue.Queue()
-        # One batch prepared ahead of the model, one scored batch ahead of the writer.
+        # One batch prepared ahead of the model; scored batches wait for the writer, which takes
+        # all that are waiting at once (see _collect_writes).
         self._prepared: queue.Queue[Any] = queue.Queue(maxsize=1)
-        self._scored: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self._scored: queue.Queue[Any] = queue.Queue(maxsize=SCORED_BACKLOG)
         self._threads = [
             threading.Thread(target=self._tokenize_loop, name="newsq-tokenize", daemon=True),
             threading.Thread(target=self._model_loop, name="newsq-model", daemon=True),
@@ -258,36 +263,66 @@ class Batcher:
             self._scored.put(batch)
         self._scored.put(_STOP)
 
-    # -- stage 3: one bulk upsert per batch, then release the waiting tasks --------------------
+    # -- stage 3: bulk upserts, then release the waiting tasks --------------------------------
     def _write_loop(self) -> None:
-        while (batch := self._scored.get()) is not _STOP:
+        leftover: Any = None
+        while True:
+            first = leftover if leftover is not None else self._scored.get()
+            if first is _STOP:
+                break
+            batches, leftover = self._collect_writes(first)
+            rows = sum(len(batch.items) for batch in batches)
+            items = [item for batch in batches for item in batch.items]
             try:
                 with metrics.WRITE_SECONDS.time():
-                    self._write(batch)
+                    self._write(batches)
             except Exception as exc:
-                log.exception("writing a batch of %d predictions failed", len(batch.items))
-                _fail(batch.items, exc)
+                log.exception("writing %d predictions failed", rows)
+                _fail(items, exc)
                 continue
-            metrics.ARTICLES.labels(batch.model_version).inc(len(batch.items))
-            for item in batch.items:
-                item.ticket.settle(1, batch.model_version)
+            version = first.model_version
+            metrics.ARTICLES.labels(version).inc(rows)
+            for item in items:
+                item.ticket.settle(1, version)
 
-    def _write(self, batch: _Batch) -> None:
-        assert batch.probs is not None
-        if not batch.items:
-            return
-        labels = batch.labels
-        top = batch.probs.argmax(axis=1)
-        scores = batch.probs[np.arange(len(top)), top]
-        rounded = np.round(batch.probs, 6).tolist()
+    def _collect_writes(self, first: _Batch) -> tuple[list[_Batch], Any]:
+        """`first` and the scored batches already waiting behind it, up to WRITE_ROWS_CAP rows
+        of one model version: when the database is the slowest stage, its transactions grow
+        instead of its backlog, and each commit's fixed cost is paid once per several batches.
+        Returns them and the next item that did not fit (a batch, _STOP, or None)."""
+        batches, rows = [first], len(first.items)
+        while rows < WRITE_ROWS_CAP:
+            try:
+                following = self._scored.get_nowait()
+            except queue.Empty:
+                return batches, None
+            if following is _STOP or following.model_version != first.model_version:
+                return batches, following
+            batches.append(following)
+            rows += len(following.items)
+        return batches, None
+
+    def _write(self, batches: list[_Batch]) -> None:
         articles, predictions = [], []
-        for item, label_id, score, probs in zip(
-            batch.items, top.tolist(), scores.tolist(), rounded, strict=True
-        ):
-            a = item.article
-            articles.append(ArticleRecord(a.key, a.title, a.content, a.source))
-            predictions.append(PredictionRecord(a.key, label_id, labels[label_id], score, probs))
-        self.store.write_batch(articles, predictions, batch.model_version)
+        for batch in batches:
+            assert batch.probs is not None
+            if not batch.items:
+                continue
+            labels = batch.labels
+            top = batch.probs.argmax(axis=1)
+            scores = batch.probs[np.arange(len(top)), top]
+            # float64 first: a float32 rounded to 6 places prints 17 digits (0.12345699965953827)
+            rounded = np.round(batch.probs.astype(np.float64), 6).tolist()
+            for item, label_id, score, probs in zip(
+                batch.items, top.tolist(), scores.tolist(), rounded, strict=True
+            ):
+                a = item.article
+                articles.append(ArticleRecord(a.key, a.title, a.content, a.source))
+                predictions.append(
+                    PredictionRecord(a.key, label_id, labels[label_id], score, probs)
+                )
+        if articles:
+            self.store.write_batch(articles, predictions, batches[0].model_version)
 
 
 def _pairs(items: Sequence[_Item]) -> list[tuple[str, str | None]]:
