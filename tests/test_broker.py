@@ -81,3 +81,20 @@ def test_waiting_on_an_empty_queue_takes_nothing_and_the_next_fetch_delivers(
     assert r.hexists(chan.unacked_key, delivered[0].delivery_tag)
     delivered[0].ack()
     assert r.hlen(chan.unacked_key) == 0 and r.zcard(chan.unacked_index_key) == 0
+
+
+def test_one_fetch_takes_up_to_the_prefetch_credit_and_records_each(
+    clean_redis: str, channel: tuple[Channel, list[Message]]
+) -> None:
+    chan, delivered = channel
+    r = redis.Redis.from_url(clean_redis)
+    chan.basic_qos(prefetch_count=3)
+    with NewsClient(clean_redis) as client:
+        client.enqueue([(f"c-{i}", f"标题{i}", None) for i in range(5)], chunk_size=1)
+    chan._brpop_start()
+    assert chan._brpop_read() is True
+    assert len(delivered) == 3  # one round trip, three messages: the credit
+    assert r.llen(CLASSIFY_QUEUE) == 2
+    held = {bytes(t).decode() for t in r.hkeys(chan.unacked_key)}
+    assert {m.delivery_tag for m in delivered} == held
+    assert chan.qos.can_consume_max_estimate() == 0

@@ -56,8 +56,8 @@ def create_app(settings: Settings) -> Celery:
             CLASSIFY_TASK: {"queue": CLASSIFY_QUEUE},
             TRAIN_TASK: {"queue": TRAIN_QUEUE},
         },
-        # Flower and `celery events` see every task.
-        worker_send_task_events=True,
+        # Flower and `celery events` see every task (Flower also enables events when it starts).
+        worker_send_task_events=settings.task_events,
         task_send_sent_event=True,
         # Malformed messages leave a reject row instead of only a log line.
         worker_consumer="worker.consumer:RejectingConsumer",

@@ -6,11 +6,12 @@ between the two, even with the reply still unread in its socket, loses that mess
 (kombu issue #305); the chaos test hit it in about one run in four, a few milliseconds after a
 worker took new messages.
 
-Here one Lua script pops the message and records it as unacked, so at every instant a message
-is in a queue list or in the unacked hash. A script cannot block, so when every list is empty
-the channel waits with `BLMOVE list list RIGHT RIGHT`, which blocks like BRPOP but, moving an
-element onto the end it came from, takes nothing; then it runs the script again. The wait
-watches one list (the first queue's highest-priority list, where messages without a priority
+Here one Lua script pops messages and records them as unacked, so at every instant a message
+is in a queue list or in the unacked hash. It takes up to the prefetch credit (at most
+POP_LIMIT) in one round trip, where BRPOP takes one. A script cannot block, so when every list
+is empty the channel waits with `BLMOVE list list RIGHT RIGHT`, which blocks like BRPOP but,
+moving an element onto the end it came from, takes nothing; then it runs the script again. The
+wait watches one list (the first queue's highest-priority list, where messages without a priority
 go): on an idle worker a message in another list is seen within `brpop_timeout` (1 s).
 """
 
@@ -25,28 +26,38 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 # KEYS: unacked index (zset), unacked (hash), then the lists in the order BRPOP would read them.
-# ARGV: the time to score the delivery with (the sweep compares it with the worker's clock).
-# Returns {list, message, recorded}; recorded is 0 for a body that is not a kombu envelope,
-# which Python then records (or rejects) exactly as kombu would.
+# ARGV: the time to score the deliveries with (the sweep compares it with the worker's clock),
+# and how many messages to take at most. Returns {list, message, recorded, list, message, ...};
+# recorded is 0 for a body that is not a kombu envelope, which Python then records (or rejects)
+# exactly as kombu would.
 POP_AND_RECORD = """
+local taken = {}
+local limit = tonumber(ARGV[2])
 for i = 3, #KEYS do
-  local item = redis.call('RPOP', KEYS[i])
-  if item then
+  while #taken < 3 * limit do
+    local item = redis.call('RPOP', KEYS[i])
+    if not item then break end
     local ok, message = pcall(cjson.decode, item)
     local properties = ok and type(message) == 'table' and message['properties']
     local info = type(properties) == 'table' and properties['delivery_info']
     local tag = type(properties) == 'table' and properties['delivery_tag']
+    local recorded = 0
     if type(info) == 'table' and type(tag) == 'string' then
       redis.call('ZADD', KEYS[1], ARGV[1], tag)
       redis.call('HSET', KEYS[2], tag, '[' .. item .. ',' .. cjson.encode(info['exchange'] or '')
         .. ',' .. cjson.encode(info['routing_key'] or '') .. ']')
-      return {KEYS[i], item, 1}
+      recorded = 1
     end
-    return {KEYS[i], item, 0}
+    table.insert(taken, KEYS[i])
+    table.insert(taken, item)
+    table.insert(taken, recorded)
   end
 end
-return false
+return taken
 """
+# Messages taken per round trip at most (within the prefetch credit): one-article messages
+# then cost one Redis call per batch of them instead of one each.
+POP_LIMIT = 64
 
 
 class QoS(kombu_redis.QoS):
@@ -88,7 +99,8 @@ class Channel(kombu_redis.Channel):
         else:
             keys = [prefix + self.unacked_index_key, prefix + self.unacked_key]
             keys += [prefix + name for name in lists]
-            command = ["EVAL", POP_AND_RECORD, len(keys), *keys, time.time()]
+            limit = min(POP_LIMIT, self.qos.can_consume_max_estimate() or 1)
+            command = ["EVAL", POP_AND_RECORD, len(keys), *keys, time.time(), limit]
             self._pending = "EVAL"
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]  # kombu: = None
@@ -108,13 +120,14 @@ class Channel(kombu_redis.Channel):
             if not reply:
                 self._lists_empty = True
                 raise virtual.Empty()
-            name, item, recorded = reply
-            queue = bytes_to_str(name)[len(self.global_keyprefix) :].rsplit(self.sep, 1)[0]
-            message = loads(bytes_to_str(item))
-            if recorded:
-                self.qos.recorded.add(message["properties"]["delivery_tag"])
-            self._queue_cycle.rotate(queue)
-            self.connection._deliver(message, queue)
+            for at in range(0, len(reply), 3):
+                name, item, recorded = reply[at : at + 3]
+                queue = bytes_to_str(name)[len(self.global_keyprefix) :].rsplit(self.sep, 1)[0]
+                message = loads(bytes_to_str(item))
+                if recorded:
+                    self.qos.recorded.add(message["properties"]["delivery_tag"])
+                self._queue_cycle.rotate(queue)
+                self.connection._deliver(message, queue)
             return True
         finally:
             self._in_poll = None  # type: ignore[assignment]  # kombu: bool | connection
