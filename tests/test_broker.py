@@ -95,6 +95,6 @@ def test_one_fetch_takes_up_to_the_prefetch_credit_and_records_each(
     assert chan._brpop_read() is True
     assert len(delivered) == 3  # one round trip, three messages: the credit
     assert r.llen(CLASSIFY_QUEUE) == 2
-    held = {bytes(t).decode() for t in r.hkeys(chan.unacked_key)}
+    held = {t.decode() if isinstance(t, bytes) else t for t in r.hkeys(chan.unacked_key)}
     assert {m.delivery_tag for m in delivered} == held
     assert chan.qos.can_consume_max_estimate() == 0
