@@ -53,6 +53,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # THUCNews titles and the bert-base-chinese tokenizer (benchmarks/gpu.sh points elsewhere)
 DATA = Path(os.environ.get("NEWSQ_BENCH_DATA", ROOT.parent / "shared/data"))
 METRICS_PORT = 9890
+# What an operator can turn off when one-article messages arrive by the thousand per second:
+# three task-event publishes and two INFO log lines per message.
+LEAN_SETTINGS = {"NEWSQ_TASK_EVENTS": "false", "NEWSQ_LOG_LEVEL": "WARNING"}
 
 
 @dataclass
@@ -153,10 +156,14 @@ def database(kind: str, work: Path, pg_url: str) -> Iterator[str]:
 
 
 @contextmanager
-def newsq_worker(redis_url: str, database_url: str, model_dir: str, args: Any) -> Iterator[int]:
-    """A real `newsq worker` process on an empty queue; yields its pid."""
+def newsq_worker(
+    redis_url: str, database_url: str, model_dir: str, args: Any, lean: bool = False
+) -> Iterator[int]:
+    """A real `newsq worker` process on an empty queue; yields its pid. `lean`: without task
+    events and per-task log lines (LEAN_SETTINGS)."""
     redis.Redis.from_url(redis_url).flushdb()
     env = {
+        **(LEAN_SETTINGS if lean else {}),
         "NEWSQ_DATABASE_URL": database_url,
         "NEWSQ_MODEL_DIR": model_dir,
         "NEWSQ_TOKENIZER_DIR": str(DATA / "bert-base-chinese"),
@@ -217,11 +224,19 @@ def scrape(pid: int) -> dict[str, Any]:
 
 
 # -- 2. newsq end to end ---------------------------------------------------------------------
-def newsq_run(model_dir: str, kind: str, per_message: int, titles: list[str], args: Any) -> Case:
+def newsq_run(
+    model_dir: str,
+    kind: str,
+    per_message: int,
+    titles: list[str],
+    args: Any,
+    *,
+    lean: bool = False,
+) -> Case:
     """Enqueue through NewsClient (a warm-up message first), time until every row is committed."""
     with (
         database(kind, args.work, args.pg_url) as url,
-        newsq_worker(args.redis_url, url, model_dir, args) as pid,
+        newsq_worker(args.redis_url, url, model_dir, args, lean) as pid,
         NewsClient(args.redis_url) as client,
     ):
         engine = make_engine(url)
@@ -233,10 +248,11 @@ def newsq_run(model_dir: str, kind: str, per_message: int, titles: list[str], ar
         done = wait_rows(engine, "predictions", 32 + len(titles), args.timeout)
         case = Case("newsq", Path(model_dir).name, kind, per_message, len(titles))
         case.seconds = done - started
-        case.extra = {"enqueue_per_s": round(len(titles) / enqueued), **scrape(pid)}
+        case.extra = {"enqueue_per_s": round(len(titles) / enqueued), "lean": lean, **scrape(pid)}
         engine.dispose()
     print(
-        f"  newsq {case.model} {kind} {per_message}/msg: {case.rate:,.0f}/s {case.extra}",
+        f"  newsq {case.model} {kind} {per_message}/msg{' lean' if lean else ''}: "
+        f"{case.rate:,.0f}/s {case.extra}",
         flush=True,
     )
     return case
@@ -337,6 +353,8 @@ def table(cases: list[Case], ceiling: dict[str, float], naive: dict[str, float])
         if c.kind == "latency":
             continue
         label = f"{c.kind} ({c.extra['batching']})" if c.kind == "bare" else c.kind
+        if c.extra.get("lean"):
+            label += " (events off, log WARNING)"
         of_bare = (
             f"{c.rate / ceiling[c.model]:.2f}" if c.kind == "newsq" and c.model in ceiling else "-"
         )
@@ -403,6 +421,8 @@ def main() -> None:
                 : args.single_articles if shape == "null" else args.single_articles // 4
             ]
             cases.append(newsq_run(dirs[shape], args.main_db, 1, single, args))
+            if shape == "null":
+                cases.append(newsq_run(dirs[shape], args.main_db, 1, single, args, lean=True))
         light = next((s for s in models if s != "null"), "null")
         cases.append(latency_run(dirs[light], titles, args))
     latency = cases[-1].extra
