@@ -25,7 +25,6 @@ class CopyUpsert:
     def __init__(
         self, table: Table, columns: list[str], keys: list[str], update: list[str]
     ) -> None:
-        self.columns = columns
         # Session-local, emptied at each commit; IF NOT EXISTS makes it once per connection.
         self.stage = Table(
             f"newsq_stage_{table.name}",

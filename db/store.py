@@ -88,7 +88,7 @@ class ResultStore:
         self._copy: tuple[CopyUpsert, CopyUpsert] | None = None
         if engine.dialect.name == "postgresql":
             self._copy = (
-                CopyUpsert(ArticleRow.__table__, ARTICLE_COLUMNS, ["id"], ARTICLE_COLUMNS[1:]),  # type: ignore[arg-type]
+                CopyUpsert(ArticleRow.__table__, ARTICLE_COLUMNS, ["id"], ARTICLE_COLUMNS[1:4]),  # type: ignore[arg-type]
                 CopyUpsert(
                     Prediction.__table__,  # type: ignore[arg-type]
                     PREDICTION_COLUMNS,
