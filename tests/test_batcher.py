@@ -13,7 +13,7 @@ from sqlalchemy import Engine, func, select
 from db.engine import make_engine
 from db.migrate import upgrade
 from db.models import Prediction
-from db.store import ArticleRecord, PredictionRecord, ResultStore
+from db.store import ResultColumns, ResultStore
 from producer.contract import Article
 from worker.batch_policy import BatchPolicy
 from worker.batcher import Batcher
@@ -28,17 +28,12 @@ class CountingStore(ResultStore):
         self.batch_sizes: list[int] = []
         self.fail_next = fail_first
 
-    def write_batch(
-        self,
-        articles: Sequence[ArticleRecord],
-        predictions: Sequence[PredictionRecord],
-        model_version: str,
-    ) -> None:
+    def write_batch(self, results: ResultColumns, model_version: str) -> None:
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("database went away")
-        super().write_batch(articles, predictions, model_version)
-        self.batch_sizes.append(len(predictions))
+        super().write_batch(results, model_version)
+        self.batch_sizes.append(len(results))
 
 
 @pytest.fixture

@@ -4,13 +4,35 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, select, text, update
 
 from db.models import ArticleRow, Base, ModelVersion, Prediction
 from db.queries import latest_labels
-from db.store import ArticleRecord, PredictionRecord, ResultStore
+from db.store import ResultColumns, ResultStore
+
+
+def results(
+    ids: list[str],
+    titles: list[str],
+    label_ids: list[int],
+    labels: list[str],
+    probs: list[list[float]],
+    contents: list[str | None] | None = None,
+    sources: list[str | None] | None = None,
+) -> ResultColumns:
+    return ResultColumns(
+        ids=ids,
+        titles=titles,
+        contents=contents or [None] * len(ids),
+        sources=sources or [None] * len(ids),
+        label_ids=label_ids,
+        labels=labels,
+        scores=[max(row) for row in probs],
+        probs=np.array(probs, dtype=np.float32),
+    )
 
 
 def test_migrations_match_the_models(engine: Engine) -> None:
@@ -23,9 +45,8 @@ def test_view_shows_one_row_per_article_preferring_the_promoted_version(engine: 
     store = ResultStore(engine)
     for version in ("v1", "v2"):
         store.register_model_version(version, f"/models/{version}")
-    article = [ArticleRecord("a1", "标题", None, None)]
-    store.write_batch(article, [PredictionRecord("a1", 0, "finance", 0.9, [0.9, 0.1])], "v1")
-    store.write_batch(article, [PredictionRecord("a1", 1, "realty", 0.8, [0.2, 0.8])], "v2")
+    store.write_batch(results(["a1"], ["标题"], [0], ["finance"], [[0.9, 0.1]]), "v1")
+    store.write_batch(results(["a1"], ["标题"], [1], ["realty"], [[0.2, 0.8]]), "v2")
     # No promoted model: the newest prediction wins.
     assert latest_labels(engine, ["a1"]) == {"a1": "realty"}
 
@@ -44,16 +65,22 @@ def test_writing_the_same_batch_twice_upserts(engine: Engine) -> None:
     store = ResultStore(engine)
     store.register_model_version("v1", "/m")
     store.register_model_version("v1", "/m")  # idempotent too
-    articles = [ArticleRecord("x", "t", None, None), ArticleRecord("x", "t2", None, None)]
-    predictions = [PredictionRecord("x", 0, "finance", 0.5, [0.5, 0.5])] * 2
-    store.write_batch(articles, predictions, "v1")
-    store.write_batch(articles, predictions, "v1")
+    twice = results(["x", "x"], ["t", "t2"], [0, 0], ["finance"] * 2, [[0.5, 0.5]] * 2)
+    store.write_batch(twice, "v1")
+    store.write_batch(twice, "v1")
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM predictions")).scalar_one() == 1
         assert conn.execute(text("SELECT title FROM articles")).scalar_one() == "t2"
     store.write_batch(
-        [ArticleRecord("x", "t3", "正文 'q' \t\\n", "src")],
-        [PredictionRecord("x", 1, "realty", 0.7, [0.3, 0.7])],
+        results(
+            ["x"],
+            ["t3"],
+            [1],
+            ["realty"],
+            [[0.3, 0.7]],
+            contents=["正文 'q' \t\\n"],
+            sources=["src"],
+        ),
         "v1",
     )
     with engine.connect() as conn:
@@ -61,3 +88,34 @@ def test_writing_the_same_batch_twice_upserts(engine: Engine) -> None:
         assert tuple(row) == ("realty", 0.7, [0.3, 0.7])
         text_row = conn.execute(select(ArticleRow.title, ArticleRow.content, ArticleRow.source))
         assert tuple(text_row.one()) == ("t3", "正文 'q' \t\\n", "src")
+
+
+def test_text_survives_the_bulk_write_as_sent(engine: Engine) -> None:
+    """COPY's text format gives backslash, tab, newline and CR a meaning, and \\N means NULL:
+    each must come back exactly as sent, in columns with and without NULLs."""
+    store = ResultStore(engine)
+    store.register_model_version("v1", "/m")
+    tricky = ["\\N", "a\tb", "line\nbreak", "cr\rhere", "back\\slash", "\\t literal", "普通"]
+    n = len(tricky)
+    contents: list[str | None] = [None if i % 2 else text for i, text in enumerate(tricky)]
+    store.write_batch(
+        results(
+            [f"id\t{i}" for i in range(n)],
+            tricky,
+            [0] * n,
+            ["finance"] * n,
+            [[0.25, 0.75]] * n,
+            contents=contents,
+            sources=list(reversed(tricky)),
+        ),
+        "v1",
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(ArticleRow.id, ArticleRow.title, ArticleRow.content, ArticleRow.source)
+        ).all()
+        probs = conn.execute(select(Prediction.probs)).scalars().all()
+    assert sorted(rows) == sorted(
+        zip([f"id\t{i}" for i in range(n)], tricky, contents, reversed(tricky), strict=True)
+    )
+    assert probs == [[0.25, 0.75]] * n

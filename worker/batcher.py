@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from db.store import ArticleRecord, PredictionRecord, ResultStore
+from db.store import ResultColumns, ResultStore
 from producer.contract import Article
 from worker import metrics
 from worker.batch_policy import BatchPolicy
@@ -303,26 +303,25 @@ class Batcher:
         return batches, None
 
     def _write(self, batches: list[_Batch]) -> None:
-        articles, predictions = [], []
-        for batch in batches:
-            assert batch.probs is not None
-            if not batch.items:
-                continue
-            labels = batch.labels
-            top = batch.probs.argmax(axis=1)
-            scores = batch.probs[np.arange(len(top)), top]
-            # float64 first: a float32 rounded to 6 places prints 17 digits (0.12345699965953827)
-            rounded = np.round(batch.probs.astype(np.float64), 6).tolist()
-            for item, label_id, score, probs in zip(
-                batch.items, top.tolist(), scores.tolist(), rounded, strict=True
-            ):
-                a = item.article
-                articles.append(ArticleRecord(a.key, a.title, a.content, a.source))
-                predictions.append(
-                    PredictionRecord(a.key, label_id, labels[label_id], score, probs)
-                )
-        if articles:
-            self.store.write_batch(articles, predictions, batches[0].model_version)
+        scored = [batch for batch in batches if batch.items]
+        if not scored:
+            return
+        articles = [item.article for batch in scored for item in batch.items]
+        probs = np.concatenate([batch.probs for batch in scored if batch.probs is not None])
+        labels = scored[0].labels
+        top = probs.argmax(axis=1)
+        label_ids = top.tolist()
+        results = ResultColumns(
+            ids=[a.key for a in articles],
+            titles=[a.title for a in articles],
+            contents=[a.content for a in articles],
+            sources=[a.source for a in articles],
+            label_ids=label_ids,
+            labels=[labels[i] for i in label_ids],
+            scores=probs[np.arange(len(top)), top].tolist(),
+            probs=probs,
+        )
+        self.store.write_batch(results, scored[0].model_version)
 
 
 def _pairs(items: Sequence[_Item]) -> list[tuple[str, str | None]]:
