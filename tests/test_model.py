@@ -21,8 +21,9 @@ def test_chinese_title_does_not_encode_to_unk(small_model: Path) -> None:
 
     runtime = ModelRuntime.load(str(small_model), device="cpu")
     encoded = runtime.encode([(title, None), (title, "正文内容")])
-    assert encoded.ids[0] == ids
-    assert 100 not in encoded.ids[1] and encoded.type_ids[1][-1] == 1
+    assert encoded.row(0) == ids
+    assert 100 not in encoded.row(1) and encoded.row_types(1)[-1] == 1
+    assert encoded.row_types(0) == [0] * len(ids)
 
 
 def test_init_writes_the_small_shape_with_the_ten_labels(small_model: Path) -> None:
@@ -55,7 +56,7 @@ def test_huge_content_is_cut_before_tokenizing(small_model: Path) -> None:
     runtime = ModelRuntime.load(str(small_model), device="cpu", max_length=32)
     full = runtime.encode([("标题", "正文" * 50_000)])
     short = runtime.encode([("标题", "正文" * 64)])
-    assert full.ids == short.ids and len(full.ids[0]) == 32
+    assert full.row(0) == short.row(0) and full.lengths == [32]
 
 
 def test_null_model_tokenizes_for_real_and_answers_uniformly(tokenizer_dir: Path) -> None:
@@ -65,3 +66,21 @@ def test_null_model_tokenizes_for_real_and_answers_uniformly(tokenizer_dir: Path
     probs = runtime.predict(runtime.collate(encoded, [0, 1]))
     assert runtime.version == "null" and runtime.labels[7] == "sports"
     assert probs.shape == (2, 10) and np.allclose(probs, 0.1)
+
+
+def test_collate_pads_any_rows_in_the_order_asked(tokenizer_dir: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    runtime = ModelRuntime.load("null", tokenizer_dir=str(tokenizer_dir))
+    pairs: list[tuple[str, str | None]] = [
+        ("北京房价上涨", None),
+        ("球队", "赢得比赛"),
+        ("一个长得多的新闻标题", None),
+    ]
+    batch = runtime.collate(runtime.encode(pairs), [2, 0, 1])
+    expected = [tokenizer(*pairs[i]) if pairs[i][1] else tokenizer(pairs[i][0]) for i in (2, 0, 1)]
+    width = max(len(e["input_ids"]) for e in expected)
+    for out, e in enumerate(expected):
+        pad = width - len(e["input_ids"])
+        assert batch.input_ids[out].tolist() == e["input_ids"] + [tokenizer.pad_token_id] * pad
+        assert batch.token_type_ids[out].tolist() == e["token_type_ids"] + [0] * pad
+        assert batch.attention_mask[out].tolist() == e["attention_mask"] + [0] * pad

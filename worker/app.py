@@ -17,9 +17,11 @@ from producer.contract import (
     TRAIN_QUEUE,
     TRAIN_TASK,
 )
+from worker import serializer
 
 
 def create_app(settings: Settings) -> Celery:
+    serializer.install()
     restore_interval = max(1, min(10, settings.visibility_timeout // 4))
     app = Celery("newsq", broker=settings.broker_url, include=["worker.tasks", "worker.train_task"])
     app.conf.update(

@@ -10,6 +10,8 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
+from operator import attrgetter
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -23,6 +25,7 @@ from worker.model_shapes import THUCNEWS_LABELS
 log = logging.getLogger(__name__)
 
 NULL_MODEL = "null"
+_IDS, _TYPE_IDS = attrgetter("ids"), attrgetter("type_ids")
 
 
 class NullClassifier(torch.nn.Module):
@@ -53,14 +56,35 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass(slots=True)
 class Encoded:
-    """Token ids of a window of articles, unpadded; lengths drive the batch plan."""
+    """Token ids of a window of articles, unpadded, end to end in one array: `collate` pads any
+    subset of rows with a few vectorized numpy calls instead of a Python step per row."""
 
-    ids: list[list[int]]
-    type_ids: list[list[int]]
+    ids: np.ndarray  # int64, every row's ids one after another
+    type_ids: np.ndarray | None  # the same layout; None: all zeros (no article had content)
+    starts: np.ndarray  # where each row begins in `ids`
+    lengths: list[int]  # of each row: they drive the batch plan
 
-    @property
-    def lengths(self) -> list[int]:
-        return [len(row) for row in self.ids]
+    @classmethod
+    def from_rows(cls, ids: list[list[int]], type_ids: list[list[int]] | None) -> Encoded:
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        starts = np.zeros(len(ids), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        total = int(lengths.sum())
+
+        def flat(rows: list[list[int]]) -> np.ndarray:
+            return np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=total)
+
+        return cls(flat(ids), flat(type_ids) if type_ids else None, starts, lengths.tolist())
+
+    def row(self, i: int) -> list[int]:
+        start = self.starts[i]
+        return self.ids[start : start + self.lengths[i]].tolist()  # type: ignore[no-any-return]
+
+    def row_types(self, i: int) -> list[int]:
+        if self.type_ids is None:
+            return [0] * self.lengths[i]
+        start = self.starts[i]
+        return self.type_ids[start : start + self.lengths[i]].tolist()  # type: ignore[no-any-return]
 
 
 @dataclass(slots=True)
@@ -143,24 +167,29 @@ class ModelRuntime:
             (title[:cap], content[:cap]) if content else title[:cap] for title, content in pairs
         ]
         encodings = self._backend.encode_batch_fast(inputs)
-        return Encoded([e.ids for e in encodings], [e.type_ids for e in encodings])
+        ids = list(map(_IDS, encodings))
+        # Titles alone are one segment: their type ids are all 0, no need to read them.
+        with_content = any(content for _, content in pairs)
+        return Encoded.from_rows(ids, list(map(_TYPE_IDS, encodings)) if with_content else None)
 
     def collate(self, encoded: Encoded, rows: Sequence[int]) -> TensorBatch:
         """Pad the chosen rows to their longest member (a multiple of 8 on CUDA)."""
-        width = max(len(encoded.ids[i]) for i in rows)
+        picked = np.asarray(rows, dtype=np.int64)
+        lengths = np.asarray(encoded.lengths, dtype=np.int64)[picked]
+        width = int(lengths.max())
         if self.device.type == "cuda":
             width = -(-width // 8) * 8
-        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
-        types = np.zeros((len(rows), width), dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for out, i in enumerate(rows):
-            n = len(encoded.ids[i])
-            ids[out, :n] = encoded.ids[i]
-            types[out, :n] = encoded.type_ids[i]
-            mask[out, :n] = 1
-        pin = self.device.type == "cuda"
-        tensors = [torch.from_numpy(a) for a in (ids, types, mask)]
-        if pin:
+        columns = np.arange(width)
+        mask = columns < lengths[:, None]
+        # Positions past a row's end point at its own start (any valid index); masked out below.
+        index = encoded.starts[picked][:, None] + np.where(mask, columns, 0)
+        ids = np.where(mask, encoded.ids[index], self.pad_id)
+        if encoded.type_ids is None:
+            types = np.zeros_like(ids)
+        else:
+            types = np.where(mask, encoded.type_ids[index], 0)
+        tensors = [torch.from_numpy(a) for a in (ids, types, mask.astype(np.int64))]
+        if self.device.type == "cuda":
             tensors = [t.pin_memory() for t in tensors]
         return TensorBatch(*tensors)
 

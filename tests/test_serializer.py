@@ -1,0 +1,41 @@
+"""The worker's JSON decoder decodes exactly what kombu's does."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from kombu.serialization import loads as registry_loads
+from kombu.utils import json as kombu_json
+
+from worker import serializer
+
+
+def test_plain_messages_decode_as_kombu_decodes_them() -> None:
+    body = [[], {"articles": [{"id": "a", "title": "央行降准", "content": None}]}, {}]
+    text = kombu_json.dumps(body)
+    assert serializer.loads(text) == kombu_json.loads(text) == body
+    assert serializer.loads(text.encode()) == body
+    assert serializer.loads(memoryview(text.encode())) == body
+
+
+def test_type_tagged_values_still_come_back_as_python_objects() -> None:
+    when = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+    key = uuid.uuid4()
+    text = kombu_json.dumps({"eta": when, "id": key, "raw": b"\x00\xff"})
+    assert serializer.loads(text) == {"eta": when, "id": key, "raw": b"\x00\xff"}
+
+
+def test_a_title_that_mentions_the_tag_is_left_as_text() -> None:
+    body = {"articles": [{"title": 'JSON keys like "__type__" explained'}]}
+    assert serializer.loads(kombu_json.dumps(body)) == body
+
+
+def test_the_worker_app_decodes_json_messages_with_it() -> None:
+    import worker.app  # noqa: F401  (installs the decoder, as the worker does)
+
+    text = kombu_json.dumps({"articles": [{"title": "标题"}]})
+    assert registry_loads(text, "application/json", "utf-8") == {"articles": [{"title": "标题"}]}
+    from kombu.serialization import registry
+
+    assert registry._decoders["application/json"] is serializer.loads
