@@ -26,6 +26,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC
@@ -43,11 +44,10 @@ from db.engine import make_engine
 from db.migrate import upgrade
 from newsq.settings import Settings
 from producer.client import NewsClient, celery_client
-from worker.batch_policy import BatchPolicy
 from worker.launcher import WorkerProcess
 from worker.model import ModelRuntime
 from worker.model_shapes import init_model
-from worker.services import policy_from
+from worker.services import policy_from, tuning_for
 
 ROOT = Path(__file__).resolve().parents[1]
 # THUCNews titles and the bert-base-chinese tokenizer (benchmarks/gpu.sh points elsewhere)
@@ -95,33 +95,44 @@ def make_model(shape: str, work: Path) -> str:
 
 
 # -- 1. the bare model --------------------------------------------------------------------------
-def bare(
-    model_dir: str, titles: list[str], device: str, policy: BatchPolicy, sizes: list[int]
-) -> list[Case]:
+def bare(model_dir: str, titles: list[str], device: str, sizes: list[int]) -> list[Case]:
     """Pre-tokenized, length-sorted batches through the model in a loop: fixed batch sizes and
-    the plan of newsq's batch policy (its token budget). The best of them is the ceiling."""
-    runtime = ModelRuntime.load(model_dir, device=device, max_length=policy.max_length)
+    the plan of newsq's batch policy (its token budget), the latter also split over as many
+    single-threaded loops as the worker runs model threads. The best of them is the ceiling."""
+    settings = Settings()
+    runtime = ModelRuntime.load(model_dir, device=device, max_length=settings.max_length)
+    tuned = tuning_for(settings, runtime.device.type)
     encoded = runtime.encode([(t, None) for t in titles])
     order = sorted(range(len(titles)), key=encoded.lengths.__getitem__)
     plans = {
         f"batch {size}": [order[i : i + size] for i in range(0, len(order), size)] for size in sizes
     }
     by_length = [encoded.lengths[i] for i in order]
+    policy = policy_from(settings, tuned)
     plans["newsq policy"] = [[order[i] for i in rows] for rows in policy.plan(by_length)]
-    cases = []
     # batch 1 is slow: a sample of the same titles is enough
     if "batch 1" in plans:
         plans["batch 1"] = plans["batch 1"][:: max(1, len(order) // 1000)]
+    loops = {name: 1 for name in plans}
+    if tuned.model_threads > 1:
+        name = f"newsq policy, {tuned.model_threads} loops x {tuned.torch_threads} thread"
+        plans[name], loops[name] = plans["newsq policy"], tuned.model_threads
+    cases = []
+    threads = torch.get_num_threads()
     for name, batches in plans.items():
         tensors = [runtime.collate(encoded, rows) for rows in batches]
+        if loops[name] > 1:
+            torch.set_num_threads(tuned.torch_threads)
         runtime.predict(tensors[-1])  # warm-up
         sync(runtime.device)
         started = time.perf_counter()
-        for batch in tensors:
-            runtime.predict(batch)
+        shares = [tensors[part :: loops[name]] for part in range(loops[name])]
+        with ThreadPoolExecutor(loops[name]) as pool:
+            list(pool.map(lambda share: [runtime.predict(b) for b in share], shares))
         sync(runtime.device)
         case = Case("bare", Path(model_dir).name, articles=sum(len(b) for b in batches))
         case.seconds = time.perf_counter() - started
+        torch.set_num_threads(threads)
         case.extra = {"batching": name, "mean_rows": round(case.articles / len(batches), 1)}
         cases.append(case)
         print(f"  bare {case.model} {name}: {case.rate:,.0f}/s", flush=True)
@@ -411,7 +422,6 @@ def main() -> None:
     cases: list[Case] = []
     with tempfile.TemporaryDirectory(prefix="newsq-bench-") as tmp:
         args.work = Path(tmp)
-        policy = policy_from(Settings())
         dirs = {shape: make_model(shape, args.work) for shape in models}
         ceiling: dict[str, float] = {}
         naive: dict[str, float] = {}
@@ -419,7 +429,7 @@ def main() -> None:
             if shape == "null":
                 continue
             sample = titles[: args.model_articles]
-            bare_cases = bare(dirs[shape], sample, args.device, policy, args.batch_sizes)
+            bare_cases = bare(dirs[shape], sample, args.device, args.batch_sizes)
             ceiling[shape] = max(c.rate for c in bare_cases)
             cases += bare_cases
             naive_case = naive_run(dirs[shape], titles[: args.naive_articles], args)

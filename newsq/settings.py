@@ -37,8 +37,11 @@ class Settings(BaseSettings):
         description="Tokenizer/config folder of `newsq model init` and of the `null` model.",
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
-    token_budget: int = Field(
-        8192, gt=0, description="Max rows x padded length of one forward batch."
+    token_budget: int | None = Field(
+        None,
+        gt=0,
+        description="Max rows x padded length of one forward batch; unset: 4096 on CPU, 8192 on"
+        " CUDA (worker/tuning.py).",
     )
     max_wait_ms: float = Field(
         20.0, ge=0, description="How long the first article of a batch may wait for company."
@@ -49,6 +52,17 @@ class Settings(BaseSettings):
     )
     concurrency: int = Field(
         64, gt=0, description="Worker threads; each holds one message while its rows are written."
+    )
+    model_threads: int | None = Field(
+        None,
+        gt=0,
+        description="Forward passes run side by side, each on cores / threads torch threads;"
+        " unset: one per core on CPU, 1 on CUDA.",
+    )
+    tokenizer_parallelism: bool | None = Field(
+        None,
+        description="Let the Rust tokenizer use its own thread pool; unset: on with CUDA, off on"
+        " CPU (where its spinning threads take the model's cores).",
     )
     prefetch_multiplier: int = Field(1, gt=0, description="Messages reserved per worker thread.")
     visibility_timeout: int = Field(

@@ -113,8 +113,10 @@ class Batcher:
         runtime: ModelRuntime,
         store: ResultStore,
         policy: BatchPolicy,
+        *,
         watch: Watcher | None = None,
         watch_interval_s: float = 5.0,
+        model_threads: int = 1,
     ) -> None:
         self.runtime = runtime
         self.store = store
@@ -123,13 +125,18 @@ class Batcher:
         self._watch_interval_s = watch_interval_s
         self._next_watch = 0.0
         self._inbox: queue.Queue[Any] = queue.Queue()
-        # One batch prepared ahead of the model; scored batches wait for the writer, which takes
-        # all that are waiting at once (see _collect_writes).
-        self._prepared: queue.Queue[Any] = queue.Queue(maxsize=1)
+        # One batch prepared ahead of each model thread; scored batches wait for the writer,
+        # which takes all that are waiting at once (see _collect_writes).
+        self._prepared: queue.Queue[Any] = queue.Queue(maxsize=model_threads)
         self._scored: queue.Queue[Any] = queue.Queue(maxsize=SCORED_BACKLOG)
+        self._model_threads_left = model_threads
+        self._model_lock = threading.Lock()
         self._threads = [
             threading.Thread(target=self._tokenize_loop, name="newsq-tokenize", daemon=True),
-            threading.Thread(target=self._model_loop, name="newsq-model", daemon=True),
+            *(
+                threading.Thread(target=self._model_loop, name=f"newsq-model-{n}", daemon=True)
+                for n in range(model_threads)
+            ),
             threading.Thread(target=self._write_loop, name="newsq-write", daemon=True),
         ]
         self._closed = False
@@ -261,7 +268,12 @@ class Batcher:
                 _fail(batch.items, exc)
                 continue
             self._scored.put(batch)
-        self._scored.put(_STOP)
+        self._prepared.put(_STOP)  # for the other model threads
+        with self._model_lock:
+            self._model_threads_left -= 1
+            last = self._model_threads_left == 0
+        if last:
+            self._scored.put(_STOP)
 
     # -- stage 3: bulk upserts, then release the waiting tasks --------------------------------
     def _write_loop(self) -> None:

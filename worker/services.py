@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 import threading
 
+import torch
+
 from db import queries
 from db.engine import make_engine
 from db.store import ResultStore
 from newsq.settings import Settings, get_settings
-from worker import metrics
+from worker import metrics, tuning
 from worker.batch_policy import BatchPolicy
 from worker.batcher import Batcher
 from worker.model import ModelRuntime
@@ -34,9 +36,19 @@ def store() -> ResultStore:
         return _Singletons.store
 
 
-def policy_from(settings: Settings) -> BatchPolicy:
-    return BatchPolicy(
+def tuning_for(settings: Settings, device_type: str) -> tuning.Tuning:
+    return tuning.resolve(
+        device_type,
+        tuning.usable_cores(),
         token_budget=settings.token_budget,
+        model_threads=settings.model_threads,
+        tokenizer_parallelism=settings.tokenizer_parallelism,
+    )
+
+
+def policy_from(settings: Settings, tuned: tuning.Tuning) -> BatchPolicy:
+    return BatchPolicy(
+        token_budget=tuned.token_budget,
         max_wait_s=settings.max_wait_ms / 1000,
         max_rows=settings.max_batch_rows,
         max_length=settings.max_length,
@@ -51,14 +63,19 @@ def batcher() -> Batcher:
         if _Singletons.batcher is None:
             settings = get_settings()
             runtime = promoted_runtime(None) or load(settings.model_dir, settings.model_version)
+            tuned = tuning_for(settings, runtime.device.type)
+            # Read by the Rust tokenizer at each call; torch's pool is sized before first use.
+            os.environ["TOKENIZERS_PARALLELISM"] = str(tuned.tokenizer_parallelism).lower()
+            torch.set_num_threads(tuned.torch_threads)
             results.register_model_version(runtime.version, runtime.path)
             metrics.MODEL.info({"version": runtime.version, "device": str(runtime.device)})
             _Singletons.batcher = Batcher(
                 runtime,
                 results,
-                policy_from(settings),
+                policy_from(settings, tuned),
                 watch=promoted_runtime,
                 watch_interval_s=settings.reload_interval_s,
+                model_threads=tuned.model_threads,
             ).start()
         return _Singletons.batcher
 

@@ -1,0 +1,31 @@
+"""The device- and core-dependent throughput defaults."""
+
+from __future__ import annotations
+
+from worker.tuning import CPU_TOKEN_BUDGET, CUDA_TOKEN_BUDGET, Tuning, resolve
+
+
+def test_a_cpu_worker_runs_one_single_threaded_forward_pass_per_core() -> None:
+    assert resolve("cpu", 2) == Tuning(
+        token_budget=CPU_TOKEN_BUDGET, model_threads=2, torch_threads=1, tokenizer_parallelism=False
+    )
+
+
+def test_a_cuda_worker_runs_one_forward_pass_and_lets_the_tokenizer_use_the_cores() -> None:
+    assert resolve("cuda", 16) == Tuning(
+        token_budget=CUDA_TOKEN_BUDGET,
+        model_threads=1,
+        torch_threads=16,
+        tokenizer_parallelism=True,
+    )
+
+
+def test_settings_override_every_default() -> None:
+    tuned = resolve("cpu", 8, token_budget=1000, model_threads=2, tokenizer_parallelism=True)
+    assert tuned == Tuning(
+        token_budget=1000, model_threads=2, torch_threads=4, tokenizer_parallelism=True
+    )
+
+
+def test_more_model_threads_than_cores_still_get_one_torch_thread() -> None:
+    assert resolve("cpu", 2, model_threads=4).torch_threads == 1

@@ -1,0 +1,57 @@
+"""Throughput defaults that depend on the device and the number of cores.
+
+Pure: the caller passes the device type and the cores it may use, so it is unit-tested without
+either. Measured on 2 CPU cores with the small model (benchmarks/run, README):
+
+* Two forward passes side by side with one torch thread each beat one pass on two threads when
+  the cores are shared with tokenizing, writing and Celery (about 1,420 vs 1,330 articles/s):
+  the threads of one pass wait at every operator for the slowest of them.
+* A token budget of 4,096 (about 180 titles a batch) beat 8,192 (1,330 vs 1,090 articles/s):
+  on a CPU a larger batch gains nothing and falls out of cache.
+* The tokenizer's own thread pool (Rust, rayon) spins while it waits; on a CPU worker its cores
+  are the model's, and turning it off raised the null-model pipeline from ~10,200 to ~11,500
+  articles/s.
+
+On CUDA the model runs on the GPU: one model thread (one stream), the larger budget, and the
+tokenizer free to use the idle cores.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+CPU_TOKEN_BUDGET = 4096
+CUDA_TOKEN_BUDGET = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class Tuning:
+    token_budget: int
+    model_threads: int  # forward passes running side by side
+    torch_threads: int  # intra-op threads of each
+    tokenizer_parallelism: bool
+
+
+def resolve(
+    device_type: str,
+    cores: int,
+    *,
+    token_budget: int | None = None,
+    model_threads: int | None = None,
+    tokenizer_parallelism: bool | None = None,
+) -> Tuning:
+    """Fill what the settings leave unset (None) with the measured defaults above."""
+    cuda = device_type == "cuda"
+    threads = model_threads or (1 if cuda else max(1, cores))
+    return Tuning(
+        token_budget=token_budget or (CUDA_TOKEN_BUDGET if cuda else CPU_TOKEN_BUDGET),
+        model_threads=threads,
+        torch_threads=max(1, cores // threads),
+        tokenizer_parallelism=cuda if tokenizer_parallelism is None else tokenizer_parallelism,
+    )
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a container's cpuset)."""
+    return len(os.sched_getaffinity(0))
