@@ -103,6 +103,19 @@ class _Batch:
     labels: list[str] = field(default_factory=list)
 
 
+class _Countdown:
+    """The threads of one stage leaving: the last to leave passes the stop signal on."""
+
+    def __init__(self, count: int) -> None:
+        self._left = count
+        self._lock = threading.Lock()
+
+    def leave(self) -> bool:
+        with self._lock:
+            self._left -= 1
+            return self._left == 0
+
+
 # Given the version in use, returns a newly promoted model to switch to, or None.
 Watcher = Callable[[str], "ModelRuntime | None"]
 
@@ -129,15 +142,11 @@ class Batcher:
         # which takes all that are waiting at once (see _collect_writes).
         self._prepared: queue.Queue[Any] = queue.Queue(maxsize=model_threads)
         self._scored: queue.Queue[Any] = queue.Queue(maxsize=SCORED_BACKLOG)
-        self._model_threads_left = model_threads
-        self._model_lock = threading.Lock()
+        self._modelers = _Countdown(model_threads)
         self._threads = [
-            threading.Thread(target=self._tokenize_loop, name="newsq-tokenize", daemon=True),
-            *(
-                threading.Thread(target=self._model_loop, name=f"newsq-model-{n}", daemon=True)
-                for n in range(model_threads)
-            ),
-            threading.Thread(target=self._write_loop, name="newsq-write", daemon=True),
+            *_threads(self._tokenize_loop, "newsq-tokenize", 1),
+            *_threads(self._model_loop, "newsq-model", model_threads),
+            *_threads(self._write_loop, "newsq-write", 1),
         ]
         self._closed = False
 
@@ -151,9 +160,13 @@ class Batcher:
             raise RuntimeError("batcher is closed")
         ticket = Ticket(len(articles))
         now = time.monotonic()
-        for index, article in enumerate(articles):
-            tokens = self.policy.estimate_tokens(article.title, article.content)
-            self._inbox.put(_Item(article, ticket, index, now, tokens))
+        estimate = self.policy.estimate_tokens
+        items = [
+            _Item(article, ticket, index, now, estimate(article.title, article.content))
+            for index, article in enumerate(articles)
+        ]
+        if items:
+            self._inbox.put(items)  # one queue operation per task, not per article
         return ticket
 
     def close(self, timeout: float = 60.0) -> None:
@@ -167,11 +180,7 @@ class Batcher:
 
     # -- stage 1: collect a window, sort and cut it, tokenize and pad ---------------------------
     def _tokenize_loop(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._inbox.get()
-            if first is _STOP:
-                break
+        while (first := self._inbox.get()) is not _STOP:
             window, stopping = self._collect_window(first)
             self._maybe_switch_model()
             try:
@@ -182,9 +191,11 @@ class Batcher:
             except Exception as exc:  # a failed window fails its tasks, never the worker
                 log.exception("tokenizing a window of %d articles failed", len(window))
                 _fail(window, exc)
-                continue
+                batches = []
             for batch in batches:
                 self._prepared.put(batch)
+            if stopping:
+                break
         self._prepared.put(_STOP)
 
     def _maybe_switch_model(self) -> None:
@@ -203,24 +214,26 @@ class Batcher:
             self.runtime = fresh
             metrics.MODEL.info({"version": fresh.version, "device": str(fresh.device)})
 
-    def _collect_window(self, first: _Item) -> tuple[list[_Item], bool]:
+    def _collect_window(self, first: list[_Item]) -> tuple[list[_Item], bool]:
         """Wait for company until the policy closes the window, then take only what is already
-        waiting (up to a few budgets), so that sorting has material under load."""
+        waiting (up to a few budgets), so that sorting has material under load. The inbox holds
+        one list of items per task."""
         policy = self.policy
-        window, tokens = [first], first.tokens
+        window, tokens = list(first), sum(item.tokens for item in first)
+        arrived = first[0].arrived
         while tokens < policy.window_token_cap:
-            age = time.monotonic() - first.arrived
+            age = time.monotonic() - arrived
             try:
                 if policy.window_closed(tokens, len(window), age):
-                    item = self._inbox.get_nowait()
+                    chunk = self._inbox.get_nowait()
                 else:
-                    item = self._inbox.get(timeout=policy.wait_left(age))
+                    chunk = self._inbox.get(timeout=policy.wait_left(age))
             except queue.Empty:
                 break
-            if item is _STOP:
+            if chunk is _STOP:
                 return window, True
-            window.append(item)
-            tokens += item.tokens
+            window.extend(chunk)
+            tokens += sum(item.tokens for item in chunk)
         return window, False
 
     def _prepare(self, window: list[_Item]) -> list[_Batch]:
@@ -269,10 +282,7 @@ class Batcher:
                 continue
             self._scored.put(batch)
         self._prepared.put(_STOP)  # for the other model threads
-        with self._model_lock:
-            self._model_threads_left -= 1
-            last = self._model_threads_left == 0
-        if last:
+        if self._modelers.leave():
             self._scored.put(_STOP)
 
     # -- stage 3: bulk upserts, then release the waiting tasks --------------------------------
@@ -334,6 +344,10 @@ class Batcher:
             probs=probs,
         )
         self.store.write_batch(results, scored[0].model_version)
+
+
+def _threads(target: Callable[[], None], name: str, count: int) -> list[threading.Thread]:
+    return [threading.Thread(target=target, name=f"{name}-{n}", daemon=True) for n in range(count)]
 
 
 def _pairs(items: Sequence[_Item]) -> list[tuple[str, str | None]]:
