@@ -47,5 +47,5 @@ mkdir -p "$out"
 timeout 460 "$python" -m benchmarks.pipeline \
   --device cuda --models null,small,base --databases sqlite \
   --null-articles 300000 --model-articles 100000 --single-articles 20000 --naive-articles 1000 \
-  --batch-sizes 1,64,256,512,1024 --latency-seconds 10 \
+  --batch-sizes 1,64,256,512,1024 --latency-seconds 10 --rounds 1 \
   --redis-url "redis://127.0.0.1:$port/0" --output "$out/pipeline-gpu.json"

@@ -27,7 +27,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC
 from pathlib import Path
@@ -157,6 +157,9 @@ def database(kind: str, work: Path, pg_url: str) -> Iterator[str]:
     plain = pg_url.replace("+psycopg", "")
     with psycopg.connect(plain, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
+        # Flush what earlier cases wrote now, not as a checkpoint inside this case's timing.
+        with suppress(psycopg.errors.InsufficientPrivilege):
+            conn.execute("CHECKPOINT")
     try:
         url = f"{pg_url}?options=-csearch_path%3D{schema}"
         upgrade(url)
@@ -281,6 +284,24 @@ def newsq_run(
     return case
 
 
+def against_bare(model_dir: str, titles: list[str], databases: list[str], args: Any) -> list[Case]:
+    """The bare model's cases and newsq's 256-article runs, interleaved for `--rounds` rounds;
+    each case keeps its median round: on a shared machine the speed of both drifts by 10-20%
+    from minute to minute, and a ratio of two single runs minutes apart inherits that."""
+    rounds = []
+    for _ in range(args.rounds):
+        cases = bare(model_dir, titles, args.device, args.batch_sizes)
+        cases += [newsq_run(model_dir, kind, 256, titles, args) for kind in databases]
+        rounds.append(cases)
+    merged = []
+    for position in zip(*rounds, strict=True):
+        ranked = sorted(position, key=lambda c: c.rate)
+        median = ranked[len(ranked) // 2]
+        median.extra["rounds"] = [round(c.rate) for c in position]
+        merged.append(median)
+    return merged
+
+
 # -- 3. the naive baseline -------------------------------------------------------------------
 def naive_run(model_dir: str, titles: list[str], args: Any) -> Case:
     """benchmarks/naive_worker.py (PostgreSQL unless only SQLite is benchmarked), fed one
@@ -368,7 +389,8 @@ def latency_run(model_dir: str, titles: list[str], args: Any) -> Case:
 # -- the run -----------------------------------------------------------------------------------
 def table(cases: list[Case], ceiling: dict[str, float], naive: dict[str, float]) -> str:
     lines = [
-        "| case | model | database | articles/msg | articles | articles/s | of bare ceiling "
+        "| case | model | database | articles/msg | articles | articles/s (range of rounds) "
+        "| of bare ceiling "
         "| vs naive | rows/batch | fill | peak RSS MB |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -384,9 +406,12 @@ def table(cases: list[Case], ceiling: dict[str, float], naive: dict[str, float])
         vs_naive = (
             f"{c.rate / naive[c.model]:.1f}x" if c.kind == "newsq" and c.model in naive else "-"
         )
+        rate = f"{c.rate:,.0f}"
+        if len(c.extra.get("rounds", [])) > 1:
+            rate += f" ({min(c.extra['rounds']):,}-{max(c.extra['rounds']):,})"
         lines.append(
             f"| {label} | {c.model} | {c.database} | {c.per_message or '-'} | {c.articles:,} "
-            f"| {c.rate:,.0f} | {of_bare} | {vs_naive} | {c.extra.get('mean_rows', '-')} "
+            f"| {rate} | {of_bare} | {vs_naive} | {c.extra.get('mean_rows', '-')} "
             f"| {c.extra.get('fill', '-')} | {c.extra.get('peak_rss_mb', '-')} |"
         )
     return "\n".join(lines)
@@ -406,6 +431,9 @@ def main() -> None:
         type=lambda text: [int(n) for n in text.split(",")],
         default=[1, 64, 256],
         help="fixed batch sizes of the bare model, beside the plan of newsq's batch policy",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of bare vs newsq per model (median kept)"
     )
     parser.add_argument("--latency-rate", type=float, default=20.0)
     parser.add_argument("--latency-seconds", type=float, default=15.0)
@@ -427,18 +455,18 @@ def main() -> None:
         naive: dict[str, float] = {}
         for shape in models:
             if shape == "null":
+                for kind in databases:
+                    cases.append(
+                        newsq_run(dirs[shape], kind, 256, titles[: args.null_articles], args)
+                    )
                 continue
-            sample = titles[: args.model_articles]
-            bare_cases = bare(dirs[shape], sample, args.device, args.batch_sizes)
-            ceiling[shape] = max(c.rate for c in bare_cases)
-            cases += bare_cases
+            compared = against_bare(dirs[shape], titles[: args.model_articles], databases, args)
+            ceiling[shape] = max(c.rate for c in compared if c.kind == "bare")
+            cases += compared
             naive_case = naive_run(dirs[shape], titles[: args.naive_articles], args)
             naive[shape] = naive_case.rate
             cases.append(naive_case)
         for shape in models:
-            chunked = args.null_articles if shape == "null" else args.model_articles
-            for kind in databases:
-                cases.append(newsq_run(dirs[shape], kind, 256, titles[:chunked], args))
             single = titles[
                 : args.single_articles if shape == "null" else args.single_articles // 4
             ]
