@@ -250,7 +250,6 @@ class _CopyPlan:
         model_version: str,
         now: datetime,
     ) -> None:
-        labels = dict(zip(results.labels, escape_text(results.labels), strict=True))
         text = copy_text(
             [
                 escape_text(results.ids),
@@ -258,7 +257,7 @@ class _CopyPlan:
                 escape_text(results.contents),
                 escape_text(results.sources),
                 list(map(str, results.label_ids)),
-                list(map(labels.__getitem__, results.labels)),
+                escape_text(results.labels),
                 list(map(repr, results.scores)),
                 probs,
             ]

@@ -9,20 +9,36 @@ last progress, and is retried by triggering it again.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import torch
 from celery import Task
 
 from db import queries, registry
 from db.models import utcnow
 from producer.contract import TRAIN_TASK, TrainRequest
-from worker import services
+from worker import services, tuning
 from worker.app import app
 from worker.trainer import train
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    """Train on every core: a classify batcher in the same process (the demo's worker consumes
+    both queues) has set torch to one thread per forward pass (worker/tuning.py), which would
+    halve the training speed."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @app.task(name=TRAIN_TASK, bind=True, acks_late=False)
@@ -47,7 +63,8 @@ def train_model(self: Task, **kwargs: Any) -> dict[str, Any]:
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     version = f"{Path(request.base_model).name}-run{run_id}-{stamp}"
     try:
-        result = train(request, run_dir, progress, version)
+        with _torch_threads(tuning.usable_cores()):
+            result = train(request, run_dir, progress, version)
     except Exception as exc:
         registry.update_run(
             engine,
