@@ -1,10 +1,13 @@
 """The in-process micro-batcher: many classify tasks in, few large forward passes out.
 
-Three threads form a pipeline so that tokenizing, the forward pass and the SQL write of
-consecutive batches overlap (each releases the GIL in native code):
+Threads form a pipeline so that tokenizing, the forward pass and the SQL write of consecutive
+batches overlap (each releases the GIL in native code):
 
-    submit() -> inbox -> [tokenize: window, sort, cut, pad] -> 1 batch ahead -> [model]
+    submit() -> inbox (a list per task) -> [tokenize: window, sort, cut, pad]
+        -> 1 batch ahead per model thread -> [model] x model_threads
         -> up to 8 batches ahead -> [write: all that wait, in one transaction]
+
+On a CPU several model threads run single-threaded forward passes side by side (worker/tuning.py).
 
 A task thread submits its articles and waits on its Ticket, which settles only when every one of
 its rows is committed; the Celery message is acked after that (acks_late), so a crash anywhere
