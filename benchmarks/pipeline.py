@@ -48,6 +48,7 @@ from worker.launcher import WorkerProcess
 from worker.model import ModelRuntime
 from worker.model_shapes import init_model
 from worker.services import policy_from, tuning_for
+from worker.tuning import torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 # THUCNews titles and the bert-base-chinese tokenizer (benchmarks/gpu.sh points elsewhere)
@@ -118,21 +119,20 @@ def bare(model_dir: str, titles: list[str], device: str, sizes: list[int]) -> li
         name = f"newsq policy, {tuned.model_threads} loops x {tuned.torch_threads} thread"
         plans[name], loops[name] = plans["newsq policy"], tuned.model_threads
     cases = []
-    threads = torch.get_num_threads()
     for name, batches in plans.items():
         tensors = [runtime.collate(encoded, rows) for rows in batches]
-        if loops[name] > 1:
-            torch.set_num_threads(tuned.torch_threads)
-        runtime.predict(tensors[-1])  # warm-up
-        sync(runtime.device)
-        started = time.perf_counter()
-        shares = [tensors[part :: loops[name]] for part in range(loops[name])]
-        with ThreadPoolExecutor(loops[name]) as pool:
-            list(pool.map(lambda share: [runtime.predict(b) for b in share], shares))
-        sync(runtime.device)
+        threads = tuned.torch_threads if loops[name] > 1 else torch.get_num_threads()
+        with torch_threads(threads):
+            runtime.predict(tensors[-1])  # warm-up
+            sync(runtime.device)
+            started = time.perf_counter()
+            shares = [tensors[part :: loops[name]] for part in range(loops[name])]
+            with ThreadPoolExecutor(loops[name]) as pool:
+                list(pool.map(lambda share: [runtime.predict(b) for b in share], shares))
+            sync(runtime.device)
+            seconds = time.perf_counter() - started
         case = Case("bare", Path(model_dir).name, articles=sum(len(b) for b in batches))
-        case.seconds = time.perf_counter() - started
-        torch.set_num_threads(threads)
+        case.seconds = seconds
         case.extra = {"batching": name, "mean_rows": round(case.articles / len(batches), 1)}
         cases.append(case)
         print(f"  bare {case.model} {name}: {case.rate:,.0f}/s", flush=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from worker.tuning import CPU_TOKEN_BUDGET, CUDA_TOKEN_BUDGET, Tuning, resolve
+import torch
+
+from worker.tuning import CPU_TOKEN_BUDGET, CUDA_TOKEN_BUDGET, Tuning, resolve, torch_threads
 
 
 def test_a_cpu_worker_runs_one_single_threaded_forward_pass_per_core() -> None:
@@ -29,3 +31,10 @@ def test_settings_override_every_default() -> None:
 
 def test_more_model_threads_than_cores_still_get_one_torch_thread() -> None:
     assert resolve("cpu", 2, model_threads=4).torch_threads == 1
+
+
+def test_torch_threads_sets_the_pool_for_the_block_and_restores_it() -> None:
+    before = torch.get_num_threads()
+    with torch_threads(before + 1):
+        assert torch.get_num_threads() == before + 1
+    assert torch.get_num_threads() == before

@@ -9,13 +9,10 @@ last progress, and is retried by triggering it again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import torch
 from celery import Task
 
 from db import queries, registry
@@ -26,19 +23,6 @@ from worker.app import app
 from worker.trainer import train
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def _torch_threads(count: int) -> Iterator[None]:
-    """Train on every core: a classify batcher in the same process (the demo's worker consumes
-    both queues) has set torch to one thread per forward pass (worker/tuning.py), which would
-    halve the training speed."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @app.task(name=TRAIN_TASK, bind=True, acks_late=False)
@@ -63,7 +47,9 @@ def train_model(self: Task, **kwargs: Any) -> dict[str, Any]:
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     version = f"{Path(request.base_model).name}-run{run_id}-{stamp}"
     try:
-        with _torch_threads(tuning.usable_cores()):
+        # Every core: a classify batcher in the same process (the demo's worker consumes both
+        # queues) has set one torch thread per forward pass, which would halve training speed.
+        with tuning.torch_threads(tuning.usable_cores()):
             result = train(request, run_dir, progress, version)
     except Exception as exc:
         registry.update_run(

@@ -1,7 +1,7 @@
 """Throughput defaults that depend on the device and the number of cores.
 
-Pure: the caller passes the device type and the cores it may use, so it is unit-tested without
-either. Measured on 2 CPU cores with the small model (benchmarks/run, README):
+`resolve` is pure: the caller passes the device type and the cores it may use, so it is
+unit-tested without either. Measured on 2 CPU cores with the small model (benchmarks/run, README):
 
 * Two forward passes side by side with one torch thread each beat one pass on two threads when
   the cores are shared with tokenizing, writing and Celery (about 1,420 vs 1,330 articles/s):
@@ -19,7 +19,11 @@ tokenizer free to use the idle cores.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+
+import torch
 
 CPU_TOKEN_BUDGET = 4096
 CUDA_TOKEN_BUDGET = 8192
@@ -55,3 +59,15 @@ def resolve(
 def usable_cores() -> int:
     """Cores this process may run on (its CPU affinity, e.g. a container's cpuset)."""
     return len(os.sched_getaffinity(0))
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with `count` torch intra-op threads, then restore the process's setting
+    (one process-wide pool: a training run beside a classify batcher, or a benchmark loop)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
