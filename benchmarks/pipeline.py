@@ -266,12 +266,13 @@ def newsq_run(
         NewsClient(args.redis_url) as client,
     ):
         engine = make_engine(url)
-        client.enqueue(articles_for(titles[:32], "warm"), chunk_size=32)
-        wait_rows(engine, "predictions", 32, 120, serial="id")
+        warm = articles_for(titles[:32], "warm")
+        client.enqueue(warm, chunk_size=32)
+        wait_rows(engine, "predictions", len(warm), 120, serial="id")
         started = time.perf_counter()
         client.enqueue(articles_for(titles, "bench"), chunk_size=per_message)
         enqueued = time.perf_counter() - started
-        done = wait_rows(engine, "predictions", 32 + len(titles), args.timeout, serial="id")
+        done = wait_rows(engine, "predictions", len(warm) + len(titles), args.timeout, serial="id")
         case = Case("newsq", Path(model_dir).name, kind, per_message, len(titles))
         case.seconds = done - started
         case.extra = {"enqueue_per_s": round(len(titles) / enqueued), "lean": lean, **scrape(pid)}
