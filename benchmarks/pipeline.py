@@ -7,8 +7,9 @@ Every figure comes from the same run on the same THUCNews titles, so the ratios 
 machine. Prints a markdown table; writes benchmarks/results/pipeline.json (or --output).
 
 * bare: the model alone, pre-tokenized length-sorted batches in a loop (no queue, no SQL).
-* newsq: articles enqueued through NewsClient -> rows committed in SQL, by a real `newsq worker`
-  process, with 256-article and 1-article messages.
+* newsq: articles enqueued through NewsClient -> rows committed in SQL, by real `newsq worker`
+  processes (`--processes`: one, or several sharing the device, as `--processes-per-gpu`
+  starts them), with 256-article and 1-article messages.
 * naive: benchmarks/naive_worker.py (one task, forward pass and commit per article).
 * latency: one-article messages offered at a light, steady rate; enqueue -> committed row.
 """
@@ -23,9 +24,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
@@ -38,14 +40,15 @@ import psycopg
 import redis
 import torch
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, select, text
 
 from db.engine import make_engine
 from db.migrate import upgrade
+from db.models import Prediction
 from newsq.settings import Settings
 from producer.client import NewsClient, celery_client
 from worker.launcher import WorkerProcess
-from worker.model import ModelRuntime
+from worker.model import Encoded, ModelRuntime
 from worker.model_shapes import init_model
 from worker.services import policy_from, tuning_for
 from worker.tuning import torch_threads
@@ -67,6 +70,7 @@ class Case:
     model: str
     database: str = "-"
     per_message: int = 0
+    processes: int = 1
     articles: int = 0
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -118,25 +122,48 @@ def bare(model_dir: str, titles: list[str], device: str, sizes: list[int]) -> li
     if tuned.model_threads > 1:
         name = f"newsq policy, {tuned.model_threads} loops x {tuned.torch_threads} thread"
         plans[name], loops[name] = plans["newsq policy"], tuned.model_threads
+    runtimes = {name: runtime for name in plans}
+    if runtime.device.type == "cuda":  # what the default precision buys: the others, same plan
+        for precision in ("fp32", "bf16", "bf16-autocast"):
+            if precision != runtime.precision:
+                name = f"newsq policy, {precision}"
+                plans[name], loops[name] = plans["newsq policy"], 1
+                runtimes[name] = ModelRuntime.load(
+                    model_dir, device=device, max_length=settings.max_length, precision=precision
+                )
     cases = []
     for name, batches in plans.items():
-        tensors = [runtime.collate(encoded, rows) for rows in batches]
-        threads = tuned.torch_threads if loops[name] > 1 else torch.get_num_threads()
-        with torch_threads(threads):
-            runtime.predict(tensors[-1])  # warm-up
-            sync(runtime.device)
-            started = time.perf_counter()
-            shares = [tensors[part :: loops[name]] for part in range(loops[name])]
-            with ThreadPoolExecutor(loops[name]) as pool:
-                list(pool.map(lambda share: [runtime.predict(b) for b in share], shares))
-            sync(runtime.device)
-            seconds = time.perf_counter() - started
+        seconds = timed(runtimes[name], encoded, batches, loops[name], tuned.torch_threads)
         case = Case("bare", Path(model_dir).name, articles=sum(len(b) for b in batches))
         case.seconds = seconds
-        case.extra = {"batching": name, "mean_rows": round(case.articles / len(batches), 1)}
+        case.extra = {
+            "batching": name,
+            "mean_rows": round(case.articles / len(batches), 1),
+            "precision": runtimes[name].precision,
+        }
         cases.append(case)
-        print(f"  bare {case.model} {name}: {case.rate:,.0f}/s", flush=True)
+        print(
+            f"  bare {case.model} {name} ({runtimes[name].precision}): {case.rate:,.0f}/s",
+            flush=True,
+        )
     return cases
+
+
+def timed(
+    runtime: ModelRuntime, encoded: Encoded, batches: list[list[int]], loops: int, threads: int
+) -> float:
+    """Seconds to predict every batch (collated beforehand), split over `loops` side-by-side
+    loops of `threads` torch threads each (one loop: the process's own thread count)."""
+    tensors = [runtime.collate(encoded, rows) for rows in batches]
+    with torch_threads(threads if loops > 1 else torch.get_num_threads()):
+        runtime.predict(tensors[-1])  # warm-up
+        sync(runtime.device)
+        started = time.perf_counter()
+        shares = [tensors[part::loops] for part in range(loops)]
+        with ThreadPoolExecutor(loops) as pool:
+            list(pool.map(lambda share: [runtime.predict(b) for b in share], shares))
+        sync(runtime.device)
+        return time.perf_counter() - started
 
 
 def sync(device: torch.device) -> None:
@@ -170,28 +197,40 @@ def database(kind: str, work: Path, pg_url: str) -> Iterator[str]:
 
 
 @contextmanager
-def newsq_worker(
-    redis_url: str, database_url: str, model_dir: str, args: Any, lean: bool = False
-) -> Iterator[int]:
-    """A real `newsq worker` process on an empty queue; yields its pid. `lean`: without task
+def newsq_workers(
+    redis_url: str,
+    database_url: str,
+    model_dir: str,
+    args: Any,
+    *,
+    lean: bool = False,
+    processes: int = 1,
+) -> Iterator[list[int]]:
+    """Real `newsq worker` processes on an empty queue; yields their pids. `lean`: without task
     events and per-task log lines (LEAN_SETTINGS)."""
     redis.Redis.from_url(redis_url).flushdb()
-    env = {
-        **(LEAN_SETTINGS if lean else {}),
-        "NEWSQ_DATABASE_URL": database_url,
-        "NEWSQ_MODEL_DIR": model_dir,
-        "NEWSQ_TOKENIZER_DIR": str(DATA / "bert-base-chinese"),
-        "NEWSQ_DEVICE": args.device,
-        "NEWSQ_METRICS_PORT": str(METRICS_PORT),
-    }
-    log = args.work / "worker.log"
-    process = WorkerProcess(redis_url, env, name=f"bench-{uuid.uuid4().hex[:6]}", log_path=log)
-    process.start()
+    workers = []
+    name = f"bench-{uuid.uuid4().hex[:6]}"
+    for index in range(processes):
+        env = {
+            **(LEAN_SETTINGS if lean else {}),
+            "NEWSQ_DATABASE_URL": database_url,
+            "NEWSQ_MODEL_DIR": model_dir,
+            "NEWSQ_TOKENIZER_DIR": str(DATA / "bert-base-chinese"),
+            "NEWSQ_DEVICE": args.device,
+            "NEWSQ_METRICS_PORT": str(METRICS_PORT + index),
+        }
+        log = args.work / "worker.log"
+        workers.append(WorkerProcess(redis_url, env, name=f"{name}-{index}", log_path=log))
     try:
-        assert process.process is not None
-        yield process.process.pid
+        for worker in workers:
+            worker.start(timeout=None)
+        for worker in workers:
+            worker.wait_ready(120)
+        yield [w.process.pid for w in workers if w.process is not None]
     finally:
-        process.stop(timeout=60)
+        for worker in workers:
+            worker.stop(timeout=60)
 
 
 def wait_rows(
@@ -222,18 +261,23 @@ def articles_for(titles: list[str], tag: str) -> list[dict[str, str]]:
     return [{"id": f"{tag}-{i}", "title": title} for i, title in enumerate(titles)]
 
 
-def scrape(pid: int) -> dict[str, Any]:
-    """Batch statistics from the worker's /metrics, and its peak RSS from /proc."""
-    body = urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).read()
+def scrape(pids: list[int]) -> dict[str, Any]:
+    """Batch statistics from the workers' /metrics (summed), and the largest peak RSS of them
+    from /proc."""
     values: dict[str, float] = {}
-    for family in text_string_to_metric_families(body.decode()):
-        for sample in family.samples:
-            if sample.name.startswith("newsq_batch"):
-                values[sample.name] = values.get(sample.name, 0.0) + sample.value
+    for index in range(len(pids)):
+        url = f"http://127.0.0.1:{METRICS_PORT + index}/metrics"
+        body = urllib.request.urlopen(url, timeout=5).read()
+        for family in text_string_to_metric_families(body.decode()):
+            for sample in family.samples:
+                if sample.name.startswith("newsq_batch"):
+                    values[sample.name] = values.get(sample.name, 0.0) + sample.value
     batches = values.get("newsq_batch_rows_count", 0.0) or 1.0
-    status = Path(f"/proc/{pid}/status").read_text()
-    peak_kib = next(
-        int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")
+    peak_kib = max(
+        int(line.split()[1])
+        for pid in pids
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith("VmHWM")
     )
     return {
         "batches": int(values.get("newsq_batch_rows_count", 0)),
@@ -258,27 +302,28 @@ def newsq_run(
     args: Any,
     *,
     lean: bool = False,
+    processes: int = 1,
 ) -> Case:
     """Enqueue through NewsClient (a warm-up message first), time until every row is committed."""
     with (
         database(kind, args.work, args.pg_url) as url,
-        newsq_worker(args.redis_url, url, model_dir, args, lean) as pid,
+        newsq_workers(args.redis_url, url, model_dir, args, lean=lean, processes=processes) as pids,
         NewsClient(args.redis_url) as client,
     ):
         engine = make_engine(url)
-        warm = articles_for(titles[:32], "warm")
+        warm = articles_for(titles[: 32 * processes], "warm")  # a message for each process
         client.enqueue(warm, chunk_size=32)
         wait_rows(engine, "predictions", len(warm), 120, serial="id")
         started = time.perf_counter()
         client.enqueue(articles_for(titles, "bench"), chunk_size=per_message)
         enqueued = time.perf_counter() - started
         done = wait_rows(engine, "predictions", len(warm) + len(titles), args.timeout, serial="id")
-        case = Case("newsq", Path(model_dir).name, kind, per_message, len(titles))
+        case = Case("newsq", Path(model_dir).name, kind, per_message, processes, len(titles))
         case.seconds = done - started
-        case.extra = {"enqueue_per_s": round(len(titles) / enqueued), "lean": lean, **scrape(pid)}
+        case.extra = {"enqueue_per_s": round(len(titles) / enqueued), "lean": lean, **scrape(pids)}
         engine.dispose()
     print(
-        f"  newsq {case.model} {kind} {per_message}/msg{' lean' if lean else ''}: "
+        f"  newsq {case.model} {kind} {per_message}/msg x{processes}{' lean' if lean else ''}: "
         f"{case.rate:,.0f}/s {case.extra}",
         flush=True,
     )
@@ -292,7 +337,11 @@ def against_bare(model_dir: str, titles: list[str], databases: list[str], args: 
     rounds = []
     for _ in range(args.rounds):
         cases = bare(model_dir, titles, args.device, args.batch_sizes)
-        cases += [newsq_run(model_dir, kind, 256, titles, args) for kind in databases]
+        cases += [
+            newsq_run(model_dir, kind, 256, titles, args, processes=n)
+            for kind in databases
+            for n in args.processes
+        ]
         rounds.append(cases)
     merged = []
     for position in zip(*rounds, strict=True):
@@ -340,7 +389,9 @@ def naive_run(model_dir: str, titles: list[str], args: Any) -> Case:
             worker.wait(60)
             app.close()
             engine.dispose()
-    case = Case("naive", Path(model_dir).name, args.main_db, 1, len(titles), done - started)
+    case = Case(
+        "naive", Path(model_dir).name, args.main_db, 1, articles=len(titles), seconds=done - started
+    )
     print(f"  naive {case.model}: {case.rate:,.0f}/s", flush=True)
     return case
 
@@ -351,7 +402,7 @@ def latency_run(model_dir: str, titles: list[str], args: Any) -> Case:
     settings = Settings()
     with (
         database(args.main_db, args.work, args.pg_url) as url,
-        newsq_worker(args.redis_url, url, model_dir, args) as pid,
+        newsq_workers(args.redis_url, url, model_dir, args) as pids,
         NewsClient(args.redis_url) as client,
     ):
         engine = make_engine(url)
@@ -363,9 +414,9 @@ def latency_run(model_dir: str, titles: list[str], args: Any) -> Case:
             sent[article["id"]] = time.time()
             client.enqueue([article], chunk_size=1)
         wait_rows(engine, "predictions", count, args.timeout, serial="id")
-        with engine.connect() as conn:
-            rows = conn.execute(text("SELECT article_id, created_at FROM predictions")).all()
-        stats = scrape(pid)
+        with engine.connect() as conn:  # through the model: SQLite's text becomes a datetime
+            rows = conn.execute(select(Prediction.article_id, Prediction.created_at)).all()
+        stats = scrape(pids)
         engine.dispose()
     latencies = np.array(
         [
@@ -375,7 +426,8 @@ def latency_run(model_dir: str, titles: list[str], args: Any) -> Case:
     )
     p50, p99 = (float(np.percentile(latencies, q)) * 1000 for q in (50, 99))
     bound = settings.max_wait_ms + 2 * stats["forward_ms"]
-    case = Case("latency", Path(model_dir).name, args.main_db, 1, count, args.latency_seconds)
+    case = Case("latency", Path(model_dir).name, args.main_db, 1, articles=count)
+    case.seconds = args.latency_seconds
     case.extra = {
         "offered_per_s": args.latency_rate,
         "p50_ms": round(p50, 1),
@@ -388,6 +440,32 @@ def latency_run(model_dir: str, titles: list[str], args: Any) -> Case:
 
 
 # -- the run -----------------------------------------------------------------------------------
+class Run:
+    """The cases measured so far, and the steps that were not: one step that fails (or would
+    start past the deadline) costs that step, not the table of the others."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.cases: list[Case] = []
+        self.failures: list[str] = []
+
+    def measure(
+        self, label: str, step: Callable[..., Case | list[Case]], *args: Any, **kwargs: Any
+    ) -> list[Case]:
+        if time.monotonic() > self.deadline:
+            self.failures.append(f"{label}: skipped, past --budget")
+            return []
+        try:
+            result = step(*args, **kwargs)
+        except Exception as exc:
+            traceback.print_exc()
+            self.failures.append(f"{label}: {type(exc).__name__}: {exc}")
+            return []
+        found = result if isinstance(result, list) else [result]
+        self.cases += found
+        return found
+
+
 def table(cases: list[Case], ceiling: dict[str, float], naive: dict[str, float]) -> str:
     lines = [
         "| case | model | database | articles/msg | articles | articles/s (range of rounds) "
@@ -399,6 +477,8 @@ def table(cases: list[Case], ceiling: dict[str, float], naive: dict[str, float])
         if c.kind == "latency":
             continue
         label = f"{c.kind} ({c.extra['batching']})" if c.kind == "bare" else c.kind
+        if c.kind == "newsq" and c.processes > 1:
+            label += f" ({c.processes} processes)"
         if c.extra.get("lean"):
             label += " (events off, log WARNING)"
         of_bare = (
@@ -418,7 +498,7 @@ def table(cases: list[Case], ceiling: dict[str, float], naive: dict[str, float])
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="null,small", help="null, small, base (GPU)")
     parser.add_argument("--databases", default="sqlite,postgresql")
@@ -436,19 +516,37 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=3, help="rounds of bare vs newsq per model (median kept)"
     )
+    parser.add_argument(
+        "--processes",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[1],
+        help="worker processes of the 256-article runs, e.g. 1,2 (each measured)",
+    )
     parser.add_argument("--latency-rate", type=float, default=20.0)
     parser.add_argument("--latency-seconds", type=float, default=15.0)
-    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for rows")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=float("inf"),
+        help="seconds for the whole run: steps that would start later are skipped and listed",
+    )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
     parser.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/pipeline.json")
     args = parser.parse_args()
-    models = args.models.split(",")
-    databases = args.databases.split(",")
+    args.models = args.models.split(",")
+    args.databases = args.databases.split(",")
     # one-article messages, the naive worker and latency run on one database: PostgreSQL if listed
-    args.main_db = "postgresql" if "postgresql" in databases else databases[0]
+    args.main_db = "postgresql" if "postgresql" in args.databases else args.databases[0]
+    return args
+
+
+def measure(args: argparse.Namespace) -> tuple[Run, dict[str, float], dict[str, float]]:
+    """Every step in order; returns them with the bare ceiling and the naive rate per model."""
+    models, databases = args.models, args.databases
     titles = read_titles(max(args.null_articles, args.model_articles, args.single_articles))
-    cases: list[Case] = []
+    run = Run(time.monotonic() + args.budget)
     with tempfile.TemporaryDirectory(prefix="newsq-bench-") as tmp:
         args.work = Path(tmp)
         dirs = {shape: make_model(shape, args.work) for shape in models}
@@ -457,33 +555,68 @@ def main() -> None:
         for shape in models:
             if shape == "null":
                 for kind in databases:
-                    cases.append(
-                        newsq_run(dirs[shape], kind, 256, titles[: args.null_articles], args)
-                    )
+                    for n in args.processes:
+                        run.measure(
+                            f"null {kind} x{n}",
+                            newsq_run,
+                            dirs[shape],
+                            kind,
+                            256,
+                            titles[: args.null_articles],
+                            args,
+                            processes=n,
+                        )
                 continue
-            compared = against_bare(dirs[shape], titles[: args.model_articles], databases, args)
-            ceiling[shape] = max(c.rate for c in compared if c.kind == "bare")
-            cases += compared
-            naive_case = naive_run(dirs[shape], titles[: args.naive_articles], args)
-            naive[shape] = naive_case.rate
-            cases.append(naive_case)
+            compared = run.measure(
+                f"{shape} vs bare",
+                against_bare,
+                dirs[shape],
+                titles[: args.model_articles],
+                databases,
+                args,
+            )
+            if compared:
+                ceiling[shape] = max(c.rate for c in compared if c.kind == "bare")
+            for case in run.measure(
+                f"naive {shape}", naive_run, dirs[shape], titles[: args.naive_articles], args
+            ):
+                naive[shape] = case.rate
         for shape in models:
             single = titles[
                 : args.single_articles if shape == "null" else args.single_articles // 4
             ]
-            cases.append(newsq_run(dirs[shape], args.main_db, 1, single, args))
+            run.measure(f"{shape} 1/msg", newsq_run, dirs[shape], args.main_db, 1, single, args)
             if shape == "null":
-                cases.append(newsq_run(dirs[shape], args.main_db, 1, single, args, lean=True))
+                run.measure(
+                    "null 1/msg lean",
+                    newsq_run,
+                    dirs[shape],
+                    args.main_db,
+                    1,
+                    single,
+                    args,
+                    lean=True,
+                )
         light = next((s for s in models if s != "null"), "null")
-        cases.append(latency_run(dirs[light], titles, args))
-    latency = cases[-1].extra
+        run.measure("latency", latency_run, dirs[light], titles, args)
+    return run, ceiling, naive
+
+
+def main() -> None:
+    args = parse_args()
+    run, ceiling, naive = measure(args)
+    cases = run.cases
     report = table(cases, ceiling, naive)
-    report += (
-        f"\n\nLatency, {light} model, {args.main_db}, one article per message offered at "
-        f"{latency['offered_per_s']:.0f}/s: p50 {latency['p50_ms']} ms, p99 {latency['p99_ms']} ms "
-        f"(bound: max wait {Settings().max_wait_ms} ms + 2 x forward {latency['forward_ms']} ms "
-        f"= {latency['bound_ms']} ms)."
-    )
+    for latency in (c for c in cases if c.kind == "latency"):
+        light = latency.extra
+        report += (
+            f"\n\nLatency, {latency.model} model, {args.main_db}, one article per message "
+            f"offered at {light['offered_per_s']:.0f}/s: p50 {light['p50_ms']} ms, "
+            f"p99 {light['p99_ms']} ms (bound: max wait {Settings().max_wait_ms} ms "
+            f"+ 2 x forward {light['forward_ms']} ms = {light['bound_ms']} ms)."
+        )
+    if run.failures:
+        report += "\n\nNot measured:\n" + "\n".join(f"- {f}" for f in run.failures)
     print(report)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(
@@ -499,12 +632,15 @@ def main() -> None:
                 "ceiling": ceiling,
                 "naive": naive,
                 "cases": [{**asdict(c), "rate": round(c.rate, 1)} for c in cases],
+                "failures": run.failures,
                 "table": report,
             },
             indent=2,
         )
         + "\n"
     )
+    if run.failures:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,10 @@ def worker(
         str | None,
         typer.Option(help="all, cpu, or GPU indices (0,1): one supervised worker process per GPU."),
     ] = None,
+    processes_per_gpu: Annotated[
+        int,
+        typer.Option(help="With --gpus: worker processes sharing each GPU (CPU work overlaps)."),
+    ] = 1,
     metrics_port: Annotated[
         int | None,
         typer.Option(help="Prometheus port (NEWSQ_METRICS_PORT; 0 = off; +N for the Nth GPU)."),
@@ -56,7 +60,7 @@ def worker(
         device=device, concurrency=concurrency, log_level=loglevel, metrics_port=metrics_port
     )
     if gpus is not None:
-        raise typer.Exit(supervise(settings, gpus, queues, concurrency))
+        raise typer.Exit(supervise(settings, gpus, queues, concurrency, processes_per_gpu))
     from producer.contract import CLASSIFY_QUEUE
     from worker import services
     from worker.app import app as celery_app
@@ -78,7 +82,9 @@ def worker(
     )
 
 
-def supervise(settings: Settings, gpus: str, queues: str, concurrency: int | None) -> int:
+def supervise(
+    settings: Settings, gpus: str, queues: str, concurrency: int | None, per_gpu: int
+) -> int:
     import logging
 
     import torch
@@ -88,7 +94,7 @@ def supervise(settings: Settings, gpus: str, queues: str, concurrency: int | Non
 
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        slots = select_slots(gpus, torch.cuda.device_count())
+        slots = select_slots(gpus, torch.cuda.device_count(), per_gpu)
     except DeviceSelectionError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2

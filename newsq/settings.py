@@ -12,6 +12,9 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# How the forward pass holds its weights (worker/model.py resolve_precision).
+Precision = Literal["auto", "fp32", "bf16", "bf16-autocast"]
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NEWSQ_", env_file=".env", extra="ignore")
@@ -37,6 +40,11 @@ class Settings(BaseSettings):
         description="Tokenizer/config folder of `newsq model init` and of the `null` model.",
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    precision: Precision = Field(
+        "auto",
+        description="Weights and arithmetic of the forward pass: fp32, bf16 (weights cast),"
+        " bf16-autocast; auto: bf16 on a CUDA GPU that has it, fp32 elsewhere.",
+    )
     token_budget: int | None = Field(
         None,
         gt=0,

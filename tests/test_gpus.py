@@ -20,6 +20,16 @@ def test_a_list_picks_those_gpus() -> None:
     assert [s.name for s in select_slots(" 3 ", 4)] == ["gpu3"]
 
 
+def test_several_processes_share_each_gpu() -> None:
+    assert select_slots("0,2", 4, per_gpu=2) == [
+        Slot("0", "gpu0-1", "cuda"),
+        Slot("0", "gpu0-2", "cuda"),
+        Slot("2", "gpu2-1", "cuda"),
+        Slot("2", "gpu2-2", "cuda"),
+    ]
+    assert select_slots("all", 1, per_gpu=1) == [Slot("0", "gpu0", "cuda")]
+
+
 def test_cpu_gives_one_cpu_worker_whatever_the_gpus() -> None:
     assert select_slots("cpu", 0) == [Slot(None, "cpu", "cpu")]
     assert select_slots("CPU", 8) == [Slot(None, "cpu", "cpu")]
@@ -39,3 +49,8 @@ def test_cpu_gives_one_cpu_worker_whatever_the_gpus() -> None:
 def test_impossible_selections_say_why(spec: str, count: int, message: str) -> None:
     with pytest.raises(DeviceSelectionError, match=message):
         select_slots(spec, count)
+
+
+def test_processes_per_gpu_must_be_positive() -> None:
+    with pytest.raises(DeviceSelectionError, match="expected 1 or more"):
+        select_slots("all", 2, per_gpu=0)

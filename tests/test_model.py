@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from transformers import AutoConfig, AutoTokenizer
 
-from worker.model import ModelRuntime
+from newsq.settings import Precision
+from worker.model import ModelRuntime, resolve_precision
 from worker.model_shapes import THUCNEWS_LABELS
 
 
@@ -84,3 +86,32 @@ def test_collate_pads_any_rows_in_the_order_asked(tokenizer_dir: Path) -> None:
         assert batch.input_ids[out].tolist() == e["input_ids"] + [tokenizer.pad_token_id] * pad
         assert batch.token_type_ids[out].tolist() == e["token_type_ids"] + [0] * pad
         assert batch.attention_mask[out].tolist() == e["attention_mask"] + [0] * pad
+
+
+def test_precision_is_fp32_on_a_cpu_unless_asked() -> None:
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == "fp32"
+    assert resolve_precision("bf16", cpu) == "bf16"
+
+
+def test_bf16_gives_nearly_the_fp32_probabilities(small_model: Path) -> None:
+    pairs: list[tuple[str, str | None]] = [
+        ("央行宣布下调存款准备金率", None),
+        ("球队赢得比赛", None),
+        ("北京房价上涨", "正文内容"),
+    ]
+    fp32 = ModelRuntime.load(str(small_model), device="cpu")
+    assert fp32.precision == "fp32"
+    expected = fp32.predict(fp32.collate(fp32.encode(pairs), [0, 1, 2]))
+    cases: list[tuple[Precision, torch.dtype]] = [
+        ("bf16", torch.bfloat16),
+        ("bf16-autocast", torch.float32),
+    ]
+    for precision, weights in cases:
+        runtime = ModelRuntime.load(str(small_model), device="cpu", precision=precision)
+        assert runtime.precision == precision
+        assert next(runtime.model.parameters()).dtype == weights
+        probs = runtime.predict(runtime.collate(runtime.encode(pairs), [0, 1, 2]))
+        assert probs.dtype == np.float32
+        np.testing.assert_allclose(probs, expected, atol=0.02)
+        assert not np.allclose(probs, expected, atol=1e-6)  # it did run in bf16

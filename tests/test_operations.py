@@ -158,6 +158,12 @@ def test_gpus_all_without_a_gpu_says_so() -> None:
     assert "no GPU is visible" in result.stderr and "--gpus cpu" in result.stderr
 
 
+def test_processes_per_gpu_below_one_is_refused() -> None:
+    result = run_cli("worker", "--gpus", "all", "--processes-per-gpu", "0", env={})
+    assert result.returncode == 2
+    assert "--processes-per-gpu 0: expected 1 or more" in result.stderr
+
+
 # The Flower command of docker-compose.yml, which this test runs for real.
 FLOWER_ARGS = [
     "celery",

@@ -1,4 +1,6 @@
-"""Which devices `newsq worker --gpus` runs on: one worker process per selected GPU.
+"""Which devices `newsq worker --gpus` runs on: one worker process per selected GPU, or several
+(`--processes-per-gpu`): one process's Python (Celery, tokenizing, writing) keeps a big GPU only
+partly busy, and two processes on one GPU overlap their CPU work.
 
 Pure logic (the caller passes the number of GPUs it sees), so it is unit-tested with fake
 device counts.
@@ -22,8 +24,11 @@ class Slot:
     device: str
 
 
-def select_slots(spec: str, gpu_count: int) -> list[Slot]:
-    """`all`, `cpu`, or a comma-separated list of GPU indices such as `0,2`."""
+def select_slots(spec: str, gpu_count: int, per_gpu: int = 1) -> list[Slot]:
+    """`all`, `cpu`, or a comma-separated list of GPU indices such as `0,2`; `per_gpu` processes
+    on each (named `gpu0`, or `gpu0-1`, `gpu0-2`, ... when there are several)."""
+    if per_gpu < 1:
+        raise DeviceSelectionError(f"--processes-per-gpu {per_gpu}: expected 1 or more")
     spec = spec.strip().lower()
     if spec == "cpu":
         return [Slot(None, "cpu", "cpu")]
@@ -51,4 +56,6 @@ def select_slots(spec: str, gpu_count: int) -> list[Slot]:
                 f"--gpus {spec!r}: no GPU {', '.join(map(str, missing))} ({gpu_count} visible)"
             )
     # Inside each process the one visible GPU is cuda:0.
-    return [Slot(str(i), f"gpu{i}", "cuda") for i in indices]
+    if per_gpu == 1:
+        return [Slot(str(i), f"gpu{i}", "cuda") for i in indices]
+    return [Slot(str(i), f"gpu{i}-{k}", "cuda") for i in indices for k in range(1, per_gpu + 1)]

@@ -88,6 +88,7 @@ def load(name_or_path: str, version: str | None) -> ModelRuntime:
         max_length=settings.max_length,
         version=version,
         tokenizer_dir=settings.tokenizer_dir,
+        precision=settings.precision,
     )
 
 
