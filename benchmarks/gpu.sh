@@ -58,5 +58,5 @@ timeout "${BENCH_TIMEOUT:-480}" "$python" -m benchmarks.pipeline \
   --device "$device" --models "${MODELS:-base,null,small}" --databases sqlite --processes 1,2 \
   --null-articles "${NULL_ARTICLES:-200000}" --model-articles "${MODEL_ARTICLES:-100000}" \
   --single-articles "${SINGLE_ARTICLES:-10000}" --naive-articles "${NAIVE_ARTICLES:-1000}" \
-  --batch-sizes 1,64,256,512,1024 --latency-seconds 10 --rounds 1 --budget "${BUDGET:-400}" \
+  --batch-sizes 1,64,256,512,1024 --latency-seconds 10 --rounds 1 --budget "${BUDGET:-400}" --timeout 120 \
   --redis-url "redis://127.0.0.1:$port/0" --output "$out/pipeline-gpu.json"
