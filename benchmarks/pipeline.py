@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -233,6 +234,25 @@ def newsq_workers(
             worker.stop(timeout=60)
 
 
+@contextmanager
+def profiled(pid: int, folder: Path | None, name: str) -> Iterator[None]:
+    """With --profile: py-spy samples of the worker's threads while the block runs, as folded
+    stacks in `folder`/`name`.txt (where a GPU worker's time goes, with no profiler at hand)."""
+    if folder is None or not name:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).with_name("py-spy")
+    command = [str(spy) if spy.exists() else "py-spy", "record", "--pid", str(pid), "--threads"]
+    command += ["--nonblocking", "--format", "raw", "--output", str(folder / f"{name}.txt")]
+    recorder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        recorder.send_signal(signal.SIGINT)  # py-spy writes what it has and exits
+        recorder.wait(60)
+
+
 def wait_rows(
     engine: Engine, table: str, count: int, timeout: float, serial: str | None = None
 ) -> float:
@@ -314,10 +334,13 @@ def newsq_run(
         warm = articles_for(titles[: 32 * processes], "warm")  # a message for each process
         client.enqueue(warm, chunk_size=32)
         wait_rows(engine, "predictions", len(warm), 120, serial="id")
-        started = time.perf_counter()
-        client.enqueue(articles_for(titles, "bench"), chunk_size=per_message)
-        enqueued = time.perf_counter() - started
-        done = wait_rows(engine, "predictions", len(warm) + len(titles), args.timeout, serial="id")
+        name = f"{Path(model_dir).name}-{kind}-x{processes}" if per_message > 1 else ""
+        with profiled(pids[0], args.profile, name):
+            started = time.perf_counter()
+            client.enqueue(articles_for(titles, "bench"), chunk_size=per_message)
+            enqueued = time.perf_counter() - started
+            total = len(warm) + len(titles)
+            done = wait_rows(engine, "predictions", total, args.timeout, serial="id")
         case = Case("newsq", Path(model_dir).name, kind, per_message, processes, len(titles))
         case.seconds = done - started
         case.extra = {"enqueue_per_s": round(len(titles) / enqueued), "lean": lean, **scrape(pids)}
@@ -521,6 +544,9 @@ def parse_args() -> argparse.Namespace:
         type=lambda text: [int(n) for n in text.split(",")],
         default=[1],
         help="worker processes of the 256-article runs, e.g. 1,2 (each measured)",
+    )
+    parser.add_argument(
+        "--profile", type=Path, help="folder for py-spy profiles of the workers (256/msg runs)"
     )
     parser.add_argument("--latency-rate", type=float, default=20.0)
     parser.add_argument("--latency-seconds", type=float, default=15.0)

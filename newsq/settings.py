@@ -48,13 +48,15 @@ class Settings(BaseSettings):
     token_budget: int | None = Field(
         None,
         gt=0,
-        description="Max rows x padded length of one forward batch; unset: 4096 on CPU, 8192 on"
+        description="Max rows x padded length of one forward batch; unset: 4096 on CPU, 32768 on"
         " CUDA (worker/tuning.py).",
     )
     max_wait_ms: float = Field(
         20.0, ge=0, description="How long the first article of a batch may wait for company."
     )
-    max_batch_rows: int = Field(512, gt=0, description="Hard cap on rows in one batch.")
+    max_batch_rows: int | None = Field(
+        None, gt=0, description="Hard cap on rows in one batch; unset: 512 on CPU, 2048 on CUDA."
+    )
     max_length: int = Field(
         64, gt=2, le=512, description="Tokens per article (longer is truncated)."
     )

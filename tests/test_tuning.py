@@ -4,18 +4,31 @@ from __future__ import annotations
 
 import torch
 
-from worker.tuning import CPU_TOKEN_BUDGET, CUDA_TOKEN_BUDGET, Tuning, resolve, torch_threads
+from worker.tuning import (
+    CPU_MAX_ROWS,
+    CPU_TOKEN_BUDGET,
+    CUDA_MAX_ROWS,
+    CUDA_TOKEN_BUDGET,
+    Tuning,
+    resolve,
+    torch_threads,
+)
 
 
 def test_a_cpu_worker_runs_one_single_threaded_forward_pass_per_core() -> None:
     assert resolve("cpu", 2) == Tuning(
-        token_budget=CPU_TOKEN_BUDGET, model_threads=2, torch_threads=1, tokenizer_parallelism=False
+        token_budget=CPU_TOKEN_BUDGET,
+        max_rows=CPU_MAX_ROWS,
+        model_threads=2,
+        torch_threads=1,
+        tokenizer_parallelism=False,
     )
 
 
 def test_a_cuda_worker_runs_one_forward_pass_and_lets_the_tokenizer_use_the_cores() -> None:
     assert resolve("cuda", 16) == Tuning(
         token_budget=CUDA_TOKEN_BUDGET,
+        max_rows=CUDA_MAX_ROWS,
         model_threads=1,
         torch_threads=16,
         tokenizer_parallelism=True,
@@ -23,9 +36,11 @@ def test_a_cuda_worker_runs_one_forward_pass_and_lets_the_tokenizer_use_the_core
 
 
 def test_settings_override_every_default() -> None:
-    tuned = resolve("cpu", 8, token_budget=1000, model_threads=2, tokenizer_parallelism=True)
+    tuned = resolve(
+        "cpu", 8, token_budget=1000, max_rows=64, model_threads=2, tokenizer_parallelism=True
+    )
     assert tuned == Tuning(
-        token_budget=1000, model_threads=2, torch_threads=4, tokenizer_parallelism=True
+        token_budget=1000, max_rows=64, model_threads=2, torch_threads=4, tokenizer_parallelism=True
     )
 
 

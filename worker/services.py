@@ -41,6 +41,7 @@ def tuning_for(settings: Settings, device_type: str) -> tuning.Tuning:
         device_type,
         tuning.usable_cores(),
         token_budget=settings.token_budget,
+        max_rows=settings.max_batch_rows,
         model_threads=settings.model_threads,
         tokenizer_parallelism=settings.tokenizer_parallelism,
     )
@@ -50,7 +51,7 @@ def policy_from(settings: Settings, tuned: tuning.Tuning) -> BatchPolicy:
     return BatchPolicy(
         token_budget=tuned.token_budget,
         max_wait_s=settings.max_wait_ms / 1000,
-        max_rows=settings.max_batch_rows,
+        max_rows=tuned.max_rows,
         max_length=settings.max_length,
     )
 
