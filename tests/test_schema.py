@@ -119,3 +119,26 @@ def test_text_survives_the_bulk_write_as_sent(engine: Engine) -> None:
         zip([f"id\t{i}" for i in range(n)], tricky, contents, reversed(tricky), strict=True)
     )
     assert probs == [[0.25, 0.75]] * n
+
+
+def test_each_row_carries_the_version_and_the_time_of_its_write(engine: Engine) -> None:
+    store = ResultStore(engine)
+    store.register_model_version("v1", "/m")
+    before = datetime.now(UTC)
+    store.write_batch(
+        results(["a", "b"], ["t1", "t2"], [0, 1], ["finance", "realty"], [[1.0]] * 2), "v1"
+    )
+    after = datetime.now(UTC)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(Prediction.article_id, Prediction.model_version, Prediction.created_at)
+        ).all()
+        received = conn.execute(select(ArticleRow.received_at)).scalars().all()
+    assert sorted(r[:2] for r in rows) == [("a", "v1"), ("b", "v1")]
+    moments = {as_utc(r.created_at) for r in rows} | {as_utc(t) for t in received}
+    assert len(moments) == 1 and before <= moments.pop() <= after
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite keeps no time zone: its datetimes come back naive, in UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
