@@ -9,7 +9,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer
 
 from newsq.settings import Precision
-from worker.model import ModelRuntime, resolve_precision
+from worker.model import ModelRuntime, TensorBatch, resolve_precision
 from worker.model_shapes import THUCNEWS_LABELS
 
 
@@ -115,3 +115,17 @@ def test_bf16_gives_nearly_the_fp32_probabilities(small_model: Path) -> None:
         assert probs.dtype == np.float32
         np.testing.assert_allclose(probs, expected, atol=0.02)
         assert not np.allclose(probs, expected, atol=1e-6)  # it did run in bf16
+
+
+def test_warm_up_runs_every_padded_width_a_batch_can_have(small_model: Path) -> None:
+    runtime = ModelRuntime.load(str(small_model), device="cpu", max_length=60)
+    calls: list[tuple[int, ...]] = []
+    predict = runtime.predict
+
+    def counting(batch: TensorBatch) -> np.ndarray:
+        calls.append(tuple(batch.input_ids.shape))
+        return predict(batch)
+
+    runtime.predict = counting  # type: ignore[method-assign]
+    assert runtime.warm_up(rows=2) == [8, 16, 24, 32, 40, 48, 56, 64]
+    assert calls == [(2, width) for width in (8, 16, 24, 32, 40, 48, 56, 64)]

@@ -82,8 +82,9 @@ def batcher() -> Batcher:
 
 
 def load(name_or_path: str, version: str | None) -> ModelRuntime:
+    """The model, warmed up on CUDA before it serves (ModelRuntime.warm_up)."""
     settings = get_settings()
-    return ModelRuntime.load(
+    runtime = ModelRuntime.load(
         name_or_path,
         device=settings.device,
         max_length=settings.max_length,
@@ -91,6 +92,9 @@ def load(name_or_path: str, version: str | None) -> ModelRuntime:
         tokenizer_dir=settings.tokenizer_dir,
         precision=settings.precision,
     )
+    if runtime.device.type == "cuda":
+        runtime.warm_up()
+    return runtime
 
 
 def promoted_runtime(current_version: str | None) -> ModelRuntime | None:
