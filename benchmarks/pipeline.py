@@ -114,7 +114,7 @@ def bare(model_dir: str, titles: list[str], device: str, sizes: list[int]) -> li
         f"batch {size}": [order[i : i + size] for i in range(0, len(order), size)] for size in sizes
     }
     by_length = [encoded.lengths[i] for i in order]
-    policy = policy_from(settings, tuned)
+    policy = policy_from(settings, tuned, runtime.pad_multiple)
     plans["newsq policy"] = [[order[i] for i in rows] for rows in policy.plan(by_length)]
     # batch 1 is slow: a sample of the same titles is enough
     if "batch 1" in plans:

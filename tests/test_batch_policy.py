@@ -22,6 +22,7 @@ def policy(**overrides: float) -> BatchPolicy:
         max_wait_s=values["max_wait_s"],
         max_rows=int(values["max_rows"]),
         max_length=int(values["max_length"]),
+        pad_multiple=int(values.get("pad_multiple", 1)),
     )
 
 
@@ -45,6 +46,14 @@ def test_batches_are_sorted_by_length_so_padding_stays_small() -> None:
     unsorted_padding = 8 * max(lengths)
     sorted_padding = sum(len(b) * max(lengths[i] for i in b) for b in batches)
     assert sorted_padding < unsorted_padding
+
+
+def test_the_budget_prices_a_batch_at_its_padded_width() -> None:
+    lengths = [17] * 40
+    assert [len(b) for b in policy(token_budget=240).plan(lengths)] == [14, 14, 12]
+    # padded to 24 on CUDA: 240 // 24 = 10 rows a batch
+    padded = policy(token_budget=240, pad_multiple=8).plan(lengths)
+    assert [len(b) for b in padded] == [10, 10, 10, 10]
 
 
 def test_max_rows_caps_a_batch_of_short_articles() -> None:

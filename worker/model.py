@@ -183,6 +183,11 @@ class ModelRuntime:
             precision=precision,
         )
 
+    @property
+    def pad_multiple(self) -> int:
+        """Batches are padded to a multiple of this: 8 on CUDA (tensor-core tiles), else 1."""
+        return 8 if self.device.type == "cuda" else 1
+
     def warm_up(self, rows: int = 1) -> list[int]:
         """One forward pass at each padded width a CUDA batch can have (multiples of 8 up to
         `max_length`); returns the widths. The first pass of a new shape picks its kernels,
@@ -217,8 +222,7 @@ class ModelRuntime:
         picked = np.asarray(rows, dtype=np.int64)
         lengths = np.asarray(encoded.lengths, dtype=np.int64)[picked]
         width = int(lengths.max())
-        if self.device.type == "cuda":
-            width = -(-width // 8) * 8
+        width = -(-width // self.pad_multiple) * self.pad_multiple
         columns = np.arange(width)
         mask = columns < lengths[:, None]
         # Positions past a row's end point at its own start (any valid index); masked out below.

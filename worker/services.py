@@ -47,12 +47,13 @@ def tuning_for(settings: Settings, device_type: str) -> tuning.Tuning:
     )
 
 
-def policy_from(settings: Settings, tuned: tuning.Tuning) -> BatchPolicy:
+def policy_from(settings: Settings, tuned: tuning.Tuning, pad_multiple: int) -> BatchPolicy:
     return BatchPolicy(
         token_budget=tuned.token_budget,
         max_wait_s=settings.max_wait_ms / 1000,
         max_rows=tuned.max_rows,
         max_length=settings.max_length,
+        pad_multiple=pad_multiple,
     )
 
 
@@ -73,7 +74,7 @@ def batcher() -> Batcher:
             _Singletons.batcher = Batcher(
                 runtime,
                 results,
-                policy_from(settings, tuned),
+                policy_from(settings, tuned, runtime.pad_multiple),
                 watch=promoted_runtime,
                 watch_interval_s=settings.reload_interval_s,
                 model_threads=tuned.model_threads,
