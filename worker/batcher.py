@@ -246,11 +246,10 @@ class Batcher:
         cut = time.monotonic()
         lengths = encoded.lengths
         for rows in self.policy.plan(lengths):
-            batch = _Batch(
-                [window[i] for i in rows], runtime, encoded, rows, runtime.collate(encoded, rows)
-            )
+            tensors = runtime.collate(encoded, rows)
+            batch = _Batch([window[i] for i in rows], runtime, encoded, rows, tensors)
             metrics.BATCH_ROWS.observe(len(rows))
-            metrics.BATCH_PADDED_TOKENS.observe(len(rows) * max(lengths[i] for i in rows))
+            metrics.BATCH_PADDED_TOKENS.observe(tensors.input_ids.numel())  # as padded
             metrics.BATCH_TOKENS.inc(sum(lengths[i] for i in rows))
             batches.append(batch)
         for item in window:
