@@ -331,7 +331,8 @@ def newsq_run(
         NewsClient(args.redis_url) as client,
     ):
         engine = make_engine(url)
-        warm = articles_for(titles[: 32 * processes], "warm")  # a message for each process
+        # one message per process; which worker takes which is the broker's choice
+        warm = articles_for(titles[: 32 * processes], "warm")
         client.enqueue(warm, chunk_size=32)
         wait_rows(engine, "predictions", len(warm), 120, serial="id")
         name = f"{Path(model_dir).name}-{kind}-x{processes}" if per_message > 1 else ""
