@@ -5,9 +5,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from sqlalchemy import Engine, func, select
 
 from db.engine import make_engine
@@ -158,4 +160,36 @@ def test_poison_articles_are_isolated_and_rejected_while_the_rest_is_stored(
     assert broken.rejected == []
     batcher.runtime.broken = False
     assert batcher.submit([Article(id="after", title="恢复")]).wait(timeout=60) is not None
+    batcher.close()
+
+
+class NaNOnToken(torch.nn.Module):
+    """The real model, except that rows holding `token` come out as NaN (an overflow)."""
+
+    def __init__(self, model: torch.nn.Module, token: int) -> None:
+        super().__init__()
+        self.model, self.token = model, token
+
+    def forward(self, input_ids: torch.Tensor, **kwargs: torch.Tensor) -> Any:
+        output = self.model(input_ids=input_ids, **kwargs)
+        output.logits[(input_ids == self.token).any(dim=1)] = float("nan")
+        return output
+
+
+def test_a_row_with_non_finite_output_is_rejected_and_the_rest_stored(
+    small_model: Path, sqlite_engine: Engine
+) -> None:
+    batcher = make_batcher(small_model, ResultStore(sqlite_engine))
+    runtime = batcher.runtime
+    runtime.model = NaNOnToken(runtime.model, runtime._backend.token_to_id("溢"))
+    titles = ["溢出的新闻" if i == 3 else f"第{i}条新闻" for i in range(12)]
+    ticket = batcher.submit([Article(id=f"n{i}", title=t) for i, t in enumerate(titles)])
+    assert ticket.wait(timeout=60) == runtime.version
+    assert ticket.rejected == [
+        (3, "the model fails on this article: "
+         "FloatingPointError('non-finite output for 1 of 1 rows')"),
+    ]  # fmt: skip
+    with sqlite_engine.connect() as conn:
+        stored = set(conn.execute(select(Prediction.article_id)).scalars())
+    assert stored == {f"n{i}" for i in range(12) if i != 3}
     batcher.close()

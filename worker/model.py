@@ -258,8 +258,15 @@ class ModelRuntime:
                 token_type_ids=batch.token_type_ids.to(self.device, non_blocking=True),
                 attention_mask=batch.attention_mask.to(self.device, non_blocking=True),
             ).logits
-            probs = torch.softmax(logits.float(), dim=-1)
-        return probs.cpu().numpy()
+            probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        # NaN or inf (an overflow, say in bf16) would fail the whole batch's write; raised here,
+        # the batcher isolates the rows that cause it and rejects only those.
+        finite = np.isfinite(probs).all(axis=1)
+        if not finite.all():
+            raise FloatingPointError(
+                f"non-finite output for {int((~finite).sum())} of {len(finite)} rows"
+            )
+        return probs
 
 
 def model_version_of(name_or_path: str, config: Any) -> str:
