@@ -1,0 +1,45 @@
+"""A task's Ticket: settles once all its articles are committed or rejected, or one fails."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from worker.batcher import Ticket
+
+
+def test_a_ticket_waits_for_every_article_then_answers_every_wait() -> None:
+    ticket = Ticket(3)
+    ticket.settle(2, "v1")
+    with pytest.raises(TimeoutError):
+        ticket.wait(timeout=0.05)
+    ticket.reject(1, "too odd")
+    assert ticket.wait(timeout=1) == "v1"
+    assert ticket.wait(timeout=1) == "v1"  # a second wait does not block
+    assert ticket.rejected == [(1, "too odd")]
+
+
+def test_an_empty_ticket_is_settled_at_once() -> None:
+    assert Ticket(0).wait(timeout=0.01) is None
+
+
+def test_a_failure_wakes_the_waiter_and_is_raised_once_per_wait() -> None:
+    ticket = Ticket(5)
+    woke: list[BaseException] = []
+
+    def waiter() -> None:
+        try:
+            ticket.wait(timeout=5)
+        except RuntimeError as exc:
+            woke.append(exc)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    ticket.fail(RuntimeError("database went away"))
+    ticket.fail(RuntimeError("a second error is not kept"))
+    ticket.settle(5, "v1")  # late settling changes nothing
+    thread.join(5)
+    assert [str(e) for e in woke] == ["database went away"]
+    with pytest.raises(RuntimeError, match="went away"):
+        ticket.wait(timeout=0.01)
