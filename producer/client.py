@@ -27,6 +27,7 @@ from producer.contract import (
     TrainRequest,
     priority_lists,
 )
+from producer.transport import TRANSPORT
 
 ArticleLike = Article | Mapping[str, Any] | Sequence[str | None]
 # Serializes a whole message in one call into pydantic-core.
@@ -45,6 +46,8 @@ def celery_client(broker_url: str) -> Celery:
     app.conf.update(
         task_serializer=SERIALIZER,
         accept_content=[SERIALIZER],
+        # kombu's Redis transport with one redis-py client per channel (producer/transport.py)
+        broker_transport=TRANSPORT,
         broker_transport_options=BROKER_TRANSPORT_OPTIONS,
         broker_connection_retry_on_startup=True,
         task_default_queue=CLASSIFY_QUEUE,

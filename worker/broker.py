@@ -18,15 +18,14 @@ go): on an idle worker a message in another list is seen within `brpop_timeout` 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from functools import cached_property
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
+
+from producer import transport
 
 # KEYS: unacked index (zset), unacked (hash), then the lists in the order BRPOP would read them.
 # ARGV: the time to score the deliveries with (the sweep compares it with the worker's clock),
@@ -78,8 +77,9 @@ class QoS(kombu_redis.QoS):
             super().append(message, delivery_tag)
 
 
-class Channel(kombu_redis.Channel):
-    """Alternates the atomic pop with a blocking, non-consuming wait."""
+class Channel(transport.Channel):
+    """Alternates the atomic pop with a blocking, non-consuming wait (and shares one redis-py
+    client for acks and restores, as producer.transport does for publishes)."""
 
     QoS = QoS
 
@@ -87,17 +87,6 @@ class Channel(kombu_redis.Channel):
         super().__init__(*args, **kwargs)
         self._pending = ""  # the command in flight: "EVAL" or "BLMOVE"
         self._lists_empty = False  # the last pop found nothing: wait before the next one
-
-    @cached_property
-    def _shared_client(self) -> Any:
-        return self._create_client()
-
-    @contextmanager
-    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
-        """One client for every ack, restore and publish: kombu builds a new redis-py client
-        (tens of microseconds) for each, three or four times per message. redis-py clients
-        are thread-safe; each command still takes its own connection from the pool."""
-        yield client or self._shared_client
 
     def _brpop_start(self, timeout: float | None = None) -> None:
         queues = self._queue_cycle.consume(len(self.active_queues))
