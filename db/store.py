@@ -113,18 +113,8 @@ class ResultStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        # Probabilities arrive as JSON text (`json_rows`): bound as text, not re-encoded.
-        self._articles = _upsert(engine, ArticleRow, ["id"], ARTICLE_UPDATE)
-        self._predictions = _upsert(engine, Prediction, PREDICTION_KEYS, PREDICTION_UPDATE).values(
-            probs=bindparam("probs", type_=Text)
-        )
         self._rejects = _upsert(engine, Reject, ["message_id", "position"], [])
-        if engine.dialect.name == "postgresql":
-            self._copy: _CopyPlan | None = _CopyPlan()
-        else:
-            self._copy = None
-            self._driver_articles = _DriverRows(self._articles, engine, ARTICLE_COLUMNS)
-            self._driver_predictions = _DriverRows(self._predictions, engine, PREDICTION_COLUMNS)
+        self._plan = _CopyPlan() if engine.dialect.name == "postgresql" else _RowsPlan(engine)
 
     def write_batch(self, results: ResultColumns, model_version: str) -> None:
         """Articles and their predictions in one transaction: both are there, or neither."""
@@ -134,27 +124,7 @@ class ResultStore:
         probs = json_rows(results.probs)
         now = utcnow()
         with self.engine.begin() as conn:
-            if self._copy is not None:
-                self._copy.write(conn, results, probs, model_version, now)
-                return
-            self._driver_articles.execute(
-                conn,
-                id=results.ids,
-                title=results.titles,
-                content=results.contents,
-                source=results.sources,
-                received_at=repeat(now),
-            )
-            self._driver_predictions.execute(
-                conn,
-                article_id=results.ids,
-                label_id=results.label_ids,
-                label=results.labels,
-                score=results.scores,
-                probs=probs,
-                model_version=repeat(model_version),
-                created_at=repeat(now),
-            )
+            self._plan.write(conn, results, probs, model_version, now)
 
     def write_rejects(self, rejects: Sequence[RejectRecord], message_id: str | None) -> None:
         if not rejects:
@@ -222,6 +192,47 @@ class _DriverRows:
             ordered.append(column)
         # not strict: the constant columns are endless repeats
         conn.exec_driver_sql(self.sql, list(zip(*ordered, strict=False)))
+
+
+class _RowsPlan:
+    """The path of other dialects (SQLite): both upserts with rows straight to the driver."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.articles = _DriverRows(
+            _upsert(engine, ArticleRow, ["id"], ARTICLE_UPDATE), engine, ARTICLE_COLUMNS
+        )
+        # Probabilities arrive as JSON text (`json_rows`): bound as text, not re-encoded.
+        predictions = _upsert(engine, Prediction, PREDICTION_KEYS, PREDICTION_UPDATE).values(
+            probs=bindparam("probs", type_=Text)
+        )
+        self.predictions = _DriverRows(predictions, engine, PREDICTION_COLUMNS)
+
+    def write(
+        self,
+        conn: Connection,
+        results: ResultColumns,
+        probs: list[str],
+        model_version: str,
+        now: datetime,
+    ) -> None:
+        self.articles.execute(
+            conn,
+            id=results.ids,
+            title=results.titles,
+            content=results.contents,
+            source=results.sources,
+            received_at=repeat(now),
+        )
+        self.predictions.execute(
+            conn,
+            article_id=results.ids,
+            label_id=results.label_ids,
+            label=results.labels,
+            score=results.scores,
+            probs=probs,
+            model_version=repeat(model_version),
+            created_at=repeat(now),
+        )
 
 
 class _CopyPlan:

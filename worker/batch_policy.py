@@ -11,6 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 
+def padded_width(length: int, multiple: int) -> int:
+    """`length` rounded up to a whole `multiple`: the width the forward pass pads a batch to,
+    so that the plan prices a batch at what collate builds."""
+    return -(-length // multiple) * multiple
+
+
 @dataclass(frozen=True, slots=True)
 class BatchPolicy:
     token_budget: int
@@ -60,7 +66,7 @@ class BatchPolicy:
                 batches.append(current)
                 current = []
             if not current:
-                padded = -(-lengths[index] // self.pad_multiple) * self.pad_multiple
+                padded = padded_width(lengths[index], self.pad_multiple)
             current.append(index)
         if current:
             batches.append(current)

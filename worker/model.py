@@ -21,6 +21,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig
 
 from newsq.settings import Precision
+from worker.batch_policy import padded_width
 from worker.model_shapes import THUCNEWS_LABELS
 
 log = logging.getLogger(__name__)
@@ -227,8 +228,7 @@ class ModelRuntime:
         """Pad the chosen rows to their longest member (a multiple of 8 on CUDA)."""
         picked = np.asarray(rows, dtype=np.int64)
         lengths = np.asarray(encoded.lengths, dtype=np.int64)[picked]
-        width = int(lengths.max())
-        width = -(-width // self.pad_multiple) * self.pad_multiple
+        width = padded_width(int(lengths.max()), self.pad_multiple)
         columns = np.arange(width)
         mask = columns < lengths[:, None]
         # Positions past a row's end point at its own start (any valid index); masked out below.
