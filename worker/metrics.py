@@ -39,7 +39,7 @@ WRITE_SECONDS = Histogram(
 )
 QUEUE_WAIT = Histogram(
     "newsq_batcher_wait_seconds",
-    "Time from a task handing over its articles to their batch being cut",
+    "Time from a task handing over its articles to their batch being cut (one per task)",
     buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 MODEL = Info("newsq_model", "The model this worker serves")

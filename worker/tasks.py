@@ -32,6 +32,7 @@ MAX_RETRIES = 12
     acks_late=True,
     reject_on_worker_lost=True,
     max_retries=MAX_RETRIES,
+    Request="worker.request:DecodedRequest",
 )
 def classify(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     intake = parse_message(args, kwargs)
