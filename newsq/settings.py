@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     max_batch_rows: int | None = Field(
         None, gt=0, description="Hard cap on rows in one batch; unset: 512 on CPU, 2048 on CUDA."
     )
+    window_budgets: int | None = Field(
+        None,
+        gt=0,
+        description="Once a window of waiting articles closes, the batcher takes what is already"
+        " waiting up to this many token budgets, to sort by length; unset: 8 on CPU, 4 on CUDA.",
+    )
     max_length: int = Field(
         64, gt=2, le=512, description="Tokens per article (longer is truncated)."
     )

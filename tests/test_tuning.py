@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import torch
 
+from newsq.settings import Settings
+from worker.services import policy_from, tuning_for
 from worker.tuning import (
     CPU_MAX_ROWS,
     CPU_TOKEN_BUDGET,
+    CPU_WINDOW_BUDGETS,
     CUDA_MAX_ROWS,
     CUDA_TOKEN_BUDGET,
+    CUDA_WINDOW_BUDGETS,
     Tuning,
     resolve,
     torch_threads,
@@ -19,6 +23,7 @@ def test_a_cpu_worker_runs_one_single_threaded_forward_pass_per_core() -> None:
     assert resolve("cpu", 2) == Tuning(
         token_budget=CPU_TOKEN_BUDGET,
         max_rows=CPU_MAX_ROWS,
+        window_budgets=CPU_WINDOW_BUDGETS,
         model_threads=2,
         torch_threads=1,
         tokenizer_parallelism=False,
@@ -29,6 +34,7 @@ def test_a_cuda_worker_runs_one_forward_pass_and_lets_the_tokenizer_use_the_core
     assert resolve("cuda", 16) == Tuning(
         token_budget=CUDA_TOKEN_BUDGET,
         max_rows=CUDA_MAX_ROWS,
+        window_budgets=CUDA_WINDOW_BUDGETS,
         model_threads=1,
         torch_threads=16,
         tokenizer_parallelism=True,
@@ -37,10 +43,21 @@ def test_a_cuda_worker_runs_one_forward_pass_and_lets_the_tokenizer_use_the_core
 
 def test_settings_override_every_default() -> None:
     tuned = resolve(
-        "cpu", 8, token_budget=1000, max_rows=64, model_threads=2, tokenizer_parallelism=True
+        "cpu",
+        8,
+        token_budget=1000,
+        max_rows=64,
+        window_budgets=2,
+        model_threads=2,
+        tokenizer_parallelism=True,
     )
     assert tuned == Tuning(
-        token_budget=1000, max_rows=64, model_threads=2, torch_threads=4, tokenizer_parallelism=True
+        token_budget=1000,
+        max_rows=64,
+        window_budgets=2,
+        model_threads=2,
+        torch_threads=4,
+        tokenizer_parallelism=True,
     )
 
 
@@ -53,3 +70,10 @@ def test_torch_threads_sets_the_pool_for_the_block_and_restores_it() -> None:
     with torch_threads(before + 1):
         assert torch.get_num_threads() == before + 1
     assert torch.get_num_threads() == before
+
+
+def test_the_worker_builds_its_batch_policy_from_the_settings() -> None:
+    settings = Settings(token_budget=1000, window_budgets=3, max_batch_rows=64, max_wait_ms=5)
+    policy = policy_from(settings, tuning_for(settings, "cpu"), pad_multiple=8)
+    assert policy.token_budget == 1000 and policy.window_token_cap == 3000
+    assert (policy.max_rows, policy.max_wait_s, policy.pad_multiple) == (64, 0.005, 8)

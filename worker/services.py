@@ -42,6 +42,7 @@ def tuning_for(settings: Settings, device_type: str) -> tuning.Tuning:
         tuning.usable_cores(),
         token_budget=settings.token_budget,
         max_rows=settings.max_batch_rows,
+        window_budgets=settings.window_budgets,
         model_threads=settings.model_threads,
         tokenizer_parallelism=settings.tokenizer_parallelism,
     )
@@ -54,6 +55,7 @@ def policy_from(settings: Settings, tuned: tuning.Tuning, pad_multiple: int) -> 
         max_rows=tuned.max_rows,
         max_length=settings.max_length,
         pad_multiple=pad_multiple,
+        window_budgets=tuned.window_budgets,
     )
 
 
