@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from worker.batch_policy import BatchPolicy
+from worker.batch_policy import ArrivalRate, BatchPolicy
 
 
 def policy(**overrides: float) -> BatchPolicy:
@@ -91,6 +91,30 @@ def test_wait_left_counts_down_from_max_wait() -> None:
     assert p.wait_left(0.0) == pytest.approx(0.05)
     assert p.wait_left(0.03) == pytest.approx(0.02)
     assert p.wait_left(1.0) == 0.0
+
+
+def test_a_window_waits_only_when_company_is_expected_within_the_wait() -> None:
+    p = policy(max_wait_s=0.02)
+    # 20 articles/s: 0.4 expected in 20 ms, so a lone article goes at once
+    assert p.wait_left(0.0, 20.0) == 0.0 and p.window_closed(10, 1, 0.0, 20.0)
+    assert p.wait_left(0.0, 0.0) == 0.0  # nothing has come lately
+    # 60/s: 1.2 expected, so the whole wait, as without a rate
+    assert p.wait_left(0.004, 60.0) == pytest.approx(0.016) == p.wait_left(0.004)
+    assert not p.window_closed(10, 1, 0.004, 60.0) and p.window_closed(10, 1, 0.02, 60.0)
+
+
+def test_arrival_rate_settles_on_a_steady_rate_and_follows_a_change() -> None:
+    rate = ArrivalRate(half_life_s=1.0)
+    assert rate.per_second(0.0) == 0.0  # a fresh worker expects nobody
+    for i in range(200):  # 20 one-article messages a second for 10 s
+        rate.observe(i / 20, 1)
+    assert rate.per_second(199 / 20) == pytest.approx(20, rel=0.05)
+    for i in range(50):  # then 256-article messages, 50 a second, for 1 s
+        rate.observe(10 + i / 50, 256)
+    assert rate.per_second(10 + 49 / 50) > 5000
+    assert rate.per_second(20.0) < 20  # ten quiet seconds later
+    rate.observe(5.0, 3)  # a late timestamp (threads hand over out of order) still counts
+    assert rate.per_second(20.0) > 0
 
 
 def test_token_estimate_is_capped_at_max_length() -> None:

@@ -7,6 +7,7 @@ and articles are sorted by length first so that short ones are not padded to lon
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,15 +35,30 @@ class BatchPolicy:
         """Upper estimate before tokenizing: about one token per CJK character, plus specials."""
         return min(len(title) + len(content or "") + 3, self.max_length)
 
-    def window_closed(self, pending_tokens: int, pending_rows: int, oldest_age_s: float) -> bool:
-        """A window closes when it would fill a batch or its oldest article waited long enough."""
+    def window_closed(
+        self,
+        pending_tokens: int,
+        pending_rows: int,
+        oldest_age_s: float,
+        arrivals_per_s: float | None = None,
+    ) -> bool:
+        """A window closes when it would fill a batch or its wait for company is over."""
         return (
             pending_tokens >= self.token_budget
             or pending_rows >= self.max_rows
-            or oldest_age_s >= self.max_wait_s
+            or self.wait_left(oldest_age_s, arrivals_per_s) <= 0
         )
 
-    def wait_left(self, oldest_age_s: float) -> float:
+    def wait_left(self, oldest_age_s: float, arrivals_per_s: float | None = None) -> float:
+        """How much longer a window may wait for company: until its oldest article is
+        `max_wait_s` old, unless less than one more article is expected in a whole wait at
+        `arrivals_per_s` (None: unknown): at 20 one-article messages a second and a 20 ms wait,
+        0.4 would come on average, so the lone article goes at once instead of waiting 20 ms
+        for almost no batching. At higher rates the whole wait is kept: at 60/s, cutting it to
+        the point where one more article was still expected made batches of one row, and the
+        p99 grew from 89 to 159 ms (small model, 2 CPU cores)."""
+        if arrivals_per_s is not None and arrivals_per_s * self.max_wait_s < 1:
+            return 0.0
         return max(0.0, self.max_wait_s - oldest_age_s)
 
     @property
@@ -71,3 +87,26 @@ class BatchPolicy:
         if current:
             batches.append(current)
         return batches
+
+
+@dataclass(slots=True)
+class ArrivalRate:
+    """Articles per second handed to the batcher, from a count in which each article weighs
+    0.5 ** (its age / `half_life_s`): a burst after a quiet spell, or a quiet spell after a
+    burst, shows within a tenth of a second, and a fresh worker starts at 0 (a first lone article
+    goes at once). Timestamps come from the caller, so it is tested without a clock."""
+
+    half_life_s: float = 0.1
+    _count: float = 0.0
+    _at: float = 0.0  # when _count was brought up to date
+
+    def observe(self, at: float, articles: int) -> None:
+        self._count = self._decayed(at) + articles
+        self._at = max(at, self._at)
+
+    def per_second(self, now: float) -> float:
+        """At a steady rate r the weighted count settles at r * half_life / ln 2."""
+        return self._decayed(now) * math.log(2) / self.half_life_s
+
+    def _decayed(self, now: float) -> float:
+        return self._count * math.pow(0.5, max(now - self._at, 0.0) / self.half_life_s)

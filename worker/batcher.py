@@ -29,7 +29,7 @@ import numpy as np
 from db.store import ResultColumns, ResultStore
 from producer.contract import Article
 from worker import metrics
-from worker.batch_policy import BatchPolicy
+from worker.batch_policy import ArrivalRate, BatchPolicy
 from worker.isolate import isolate
 from worker.model import Encoded, ModelRuntime, TensorBatch
 
@@ -154,6 +154,7 @@ class Batcher:
         self._watch = watch
         self._watch_interval_s = watch_interval_s
         self._next_watch = 0.0
+        self._arrivals = ArrivalRate()  # read and written by the tokenize thread only
         self._inbox: queue.Queue[Any] = queue.Queue()
         # One batch prepared ahead of each model thread; scored batches wait for the writer,
         # which takes all that are waiting at once (see _collect_writes).
@@ -232,23 +233,26 @@ class Batcher:
             metrics.MODEL.info({"version": fresh.version, "device": str(fresh.device)})
 
     def _collect_window(self, first: list[_Item]) -> tuple[list[_Item], bool]:
-        """Wait for company until the policy closes the window, then take only what is already
-        waiting (up to a few budgets), so that sorting has material under load. The inbox holds
-        one list of items per task."""
-        policy = self.policy
+        """Wait for company while the policy expects some (BatchPolicy.wait_left), then take only
+        what is already waiting (up to a few budgets), so that sorting has material under load.
+        The inbox holds one list of items per task."""
+        policy, arrivals = self.policy, self._arrivals
+        arrivals.observe(first[0].arrived, len(first))
         window, tokens = list(first), sum(item.tokens for item in first)
         arrived = first[0].arrived
         while tokens < policy.window_token_cap:
-            age = time.monotonic() - arrived
+            now = time.monotonic()
+            age, rate = now - arrived, arrivals.per_second(now)
             try:
-                if policy.window_closed(tokens, len(window), age):
+                if policy.window_closed(tokens, len(window), age, rate):
                     chunk = self._inbox.get_nowait()
                 else:
-                    chunk = self._inbox.get(timeout=policy.wait_left(age))
+                    chunk = self._inbox.get(timeout=policy.wait_left(age, rate))
             except queue.Empty:
                 break
             if chunk is _STOP:
                 return window, True
+            arrivals.observe(chunk[0].arrived, len(chunk))
             window.extend(chunk)
             tokens += sum(item.tokens for item in chunk)
         return window, False
