@@ -52,7 +52,10 @@ class Settings(BaseSettings):
         " CUDA (worker/tuning.py).",
     )
     max_wait_ms: float = Field(
-        20.0, ge=0, description="How long the first article of a batch may wait for company."
+        20.0,
+        ge=0,
+        description="How long the first article of a batch may wait for company (not at all when"
+        " less than one more article is expected in that time).",
     )
     max_batch_rows: int | None = Field(
         None, gt=0, description="Hard cap on rows in one batch; unset: 512 on CPU, 2048 on CUDA."
