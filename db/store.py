@@ -96,6 +96,11 @@ def _upsert(engine: Engine, table: type[Base], keys: list[str], update: list[str
     stmt = _insert(engine, table)
     if not update:
         return stmt.on_conflict_do_nothing(index_elements=keys)  # type: ignore[no-any-return]
+    return _on_conflict_update(stmt, keys, update)
+
+
+def _on_conflict_update(stmt: Any, keys: list[str], update: list[str]) -> Insert:
+    """`stmt` (a dialect's INSERT) overwriting the `update` columns of a row whose `keys` exist."""
     return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
         index_elements=keys, set_={name: stmt.excluded[name] for name in update}
     )
@@ -257,29 +262,23 @@ class _CopyPlan:
         )
         staged = self.stage.table.c
         now = bindparam("now", type_=DateTime(timezone=True))
-        insert = postgresql.insert(ArticleRow).from_select(
-            ["id", "title", "content", "source", "received_at"],
-            select(staged.id, staged.title, staged.content, staged.source, now),
+        stmt = postgresql.insert(ArticleRow).from_select(
+            ARTICLE_COLUMNS, select(staged.id, staged.title, staged.content, staged.source, now)
         )
-        self.articles = insert.on_conflict_do_update(
-            index_elements=["id"], set_={name: insert.excluded[name] for name in ARTICLE_UPDATE}
-        )
-        insert = postgresql.insert(Prediction).from_select(
-            ["article_id", "label_id", "label", "score", "probs", "model_version", "created_at"],
+        self.articles = _on_conflict_update(stmt, ["id"], ARTICLE_UPDATE)
+        stmt = postgresql.insert(Prediction).from_select(
+            PREDICTION_COLUMNS,
             select(
                 staged.id,
+                bindparam("version", type_=String),
                 staged.label_id,
                 staged.label,
                 staged.score,
                 staged.probs,
-                bindparam("version", type_=String),
                 now,
             ),
         )
-        self.predictions = insert.on_conflict_do_update(
-            index_elements=PREDICTION_KEYS,
-            set_={name: insert.excluded[name] for name in PREDICTION_UPDATE},
-        )
+        self.predictions = _on_conflict_update(stmt, PREDICTION_KEYS, PREDICTION_UPDATE)
 
     def write(
         self,
