@@ -46,8 +46,9 @@ from sqlalchemy import Engine, select, text
 from db.engine import make_engine
 from db.migrate import upgrade
 from db.models import Prediction
-from newsq.settings import Settings
+from newsq.settings import PRECISIONS, Settings
 from producer.client import NewsClient, celery_client
+from worker.cuda_graphs import graph_rows
 from worker.launcher import WorkerProcess
 from worker.model import Encoded, ModelRuntime
 from worker.model_shapes import init_model
@@ -58,9 +59,17 @@ ROOT = Path(__file__).resolve().parents[1]
 # THUCNews titles and the bert-base-chinese tokenizer (benchmarks/gpu.sh points elsewhere)
 DATA = Path(os.environ.get("NEWSQ_BENCH_DATA", ROOT.parent / "shared/data"))
 METRICS_PORT = 9890
-# What an operator can turn off when one-article messages arrive by the thousand per second:
-# three task-event publishes and two INFO log lines per message.
-LEAN_SETTINGS = {"NEWSQ_TASK_EVENTS": "false", "NEWSQ_LOG_LEVEL": "WARNING"}
+# Worker settings some cases change, by name: (what the table says, the environment).
+VARIANTS = {
+    # What an operator can turn off when one-article messages arrive by the thousand per
+    # second: three task-event publishes and two INFO log lines per message.
+    "lean": (
+        "events off, log WARNING",
+        {"NEWSQ_TASK_EVENTS": "false", "NEWSQ_LOG_LEVEL": "WARNING"},
+    ),
+    # What the CUDA graphs of the forward pass buy end to end (worker/cuda_graphs.py).
+    "eager": ("CUDA graphs off", {"NEWSQ_CUDA_GRAPHS": "false"}),
+}
 
 
 @dataclass
@@ -124,47 +133,70 @@ def bare(model_dir: str, titles: list[str], device: str, sizes: list[int]) -> li
         name = f"newsq policy, {tuned.model_threads} loops x {tuned.torch_threads} thread"
         plans[name], loops[name] = plans["newsq policy"], tuned.model_threads
     runtimes = {name: runtime for name in plans}
-    if runtime.device.type == "cuda":  # what the default precision buys: the others, same plan
-        for precision in ("fp32", "bf16", "bf16-autocast"):
-            if precision != runtime.precision:
-                name = f"newsq policy, {precision}"
-                plans[name], loops[name] = plans["newsq policy"], 1
-                runtimes[name] = ModelRuntime.load(
-                    model_dir, device=device, max_length=settings.max_length, precision=precision
-                )
+    if runtime.device.type == "cuda":  # what the defaults buy: the other choices, same plan
+        variants: dict[str, dict[str, Any]] = {
+            f"newsq policy, {p}": {"precision": p} for p in PRECISIONS if p != "auto"
+        }
+        variants.pop(f"newsq policy, {runtime.precision}")
+        variants["newsq policy, eager"] = {"cuda_graphs": False}
+        for name, options in variants.items():
+            plans[name], loops[name] = plans["newsq policy"], 1
+            runtimes[name] = ModelRuntime.load(
+                model_dir, device=device, max_length=settings.max_length, **options
+            )
     cases = []
     for name, batches in plans.items():
-        seconds = timed(runtimes[name], encoded, batches, loops[name], tuned.torch_threads)
+        used = runtimes[name]
+        seconds, warm_s = timed(used, encoded, batches, loops[name], tuned.torch_threads)
         case = Case("bare", Path(model_dir).name, articles=sum(len(b) for b in batches))
         case.seconds = seconds
         case.extra = {
             "batching": name,
             "mean_rows": round(case.articles / len(batches), 1),
-            "precision": runtimes[name].precision,
+            "precision": used.precision,
+            "cuda_graphs": used.graphs,
+            "warm_s": round(warm_s, 2),  # one pass per shape before the timed loop
         }
         cases.append(case)
-        print(
-            f"  bare {case.model} {name} ({runtimes[name].precision}): {case.rate:,.0f}/s",
-            flush=True,
+        print(f"  bare {case.model} {name} ({used.precision}): {case.rate:,.0f}/s", flush=True)
+    if "newsq policy, eager" in runtimes:
+        cases[-1].extra["max_diff_vs_graphs"] = max_difference(
+            runtime, runtimes["newsq policy, eager"], encoded, plans["newsq policy"][:8]
         )
     return cases
 
 
+def max_difference(
+    one: ModelRuntime, other: ModelRuntime, encoded: Encoded, batches: list[list[int]]
+) -> float:
+    """The largest difference between two runtimes' probabilities on the same batches."""
+    return max(
+        float(np.abs(one.predict(t) - other.predict(t)).max())
+        for t in (one.collate(encoded, rows) for rows in batches)
+    )
+
+
 def timed(
     runtime: ModelRuntime, encoded: Encoded, batches: list[list[int]], loops: int, threads: int
-) -> float:
+) -> tuple[float, float]:
     """Seconds to predict every batch (collated beforehand), split over `loops` side-by-side
-    loops of `threads` torch threads each (one loop: the process's own thread count)."""
+    loops of `threads` torch threads each (one loop: the process's own thread count), after one
+    warm-up pass per batch shape (kernel choice; on CUDA the graph capture); and the warm-up's
+    seconds."""
     tensors = [runtime.collate(encoded, rows) for rows in batches]
+    shapes = {(graph_rows(t.input_ids.shape[0]), t.input_ids.shape[1]): t for t in tensors}
     with torch_threads(threads if loops > 1 else torch.get_num_threads()):
-        runtime.predict(tensors[-1])  # warm-up
+        started = time.perf_counter()
+        for batch in shapes.values():
+            runtime.predict(batch)
         sync(runtime.device)
+        warm = time.perf_counter() - started
         started = time.perf_counter()
         shares = [tensors[part::loops] for part in range(loops)]
         with ThreadPoolExecutor(loops) as pool:
             list(pool.map(lambda share: [runtime.predict(b) for b in share], shares))
         sync(runtime.device)
-        return time.perf_counter() - started
+        return time.perf_counter() - started, warm
 
 
 def sync(device: torch.device) -> None:
@@ -204,17 +236,17 @@ def newsq_workers(
     model_dir: str,
     args: Any,
     *,
-    lean: bool = False,
+    variant: str = "",
     processes: int = 1,
 ) -> Iterator[list[int]]:
-    """Real `newsq worker` processes on an empty queue; yields their pids. `lean`: without task
-    events and per-task log lines (LEAN_SETTINGS)."""
+    """Real `newsq worker` processes on an empty queue, with the settings of `variant` (one of
+    VARIANTS, or none); yields their pids."""
     redis.Redis.from_url(redis_url).flushdb()
     workers = []
     name = f"bench-{uuid.uuid4().hex[:6]}"
     for index in range(processes):
         env = {
-            **(LEAN_SETTINGS if lean else {}),
+            **(VARIANTS[variant][1] if variant else {}),
             "NEWSQ_DATABASE_URL": database_url,
             "NEWSQ_MODEL_DIR": model_dir,
             "NEWSQ_TOKENIZER_DIR": str(DATA / "bert-base-chinese"),
@@ -290,7 +322,7 @@ def scrape(pids: list[int]) -> dict[str, Any]:
         body = urllib.request.urlopen(url, timeout=5).read()
         for family in text_string_to_metric_families(body.decode()):
             for sample in family.samples:
-                if sample.name.startswith("newsq_batch"):
+                if sample.name.startswith(("newsq_batch", "newsq_cuda_graph")):
                     values[sample.name] = values.get(sample.name, 0.0) + sample.value
     batches = values.get("newsq_batch_rows_count", 0.0) or 1.0
     peak_kib = max(
@@ -310,6 +342,9 @@ def scrape(pids: list[int]) -> dict[str, Any]:
         "forward_ms": round(1000 * values.get("newsq_batch_forward_seconds_sum", 0.0) / batches, 2),
         "write_ms": round(1000 * values.get("newsq_batch_write_seconds_sum", 0.0) / batches, 2),
         "peak_rss_mb": round(peak_kib / 1024),
+        # warm-up included: each new batch shape is captured once, then replayed
+        "cuda_graphs": int(values.get("newsq_cuda_graph_capture_seconds_count", 0)),
+        "capture_s": round(values.get("newsq_cuda_graph_capture_seconds_sum", 0.0), 2),
     }
 
 
@@ -321,13 +356,15 @@ def newsq_run(
     titles: list[str],
     args: Any,
     *,
-    lean: bool = False,
+    variant: str = "",
     processes: int = 1,
 ) -> Case:
     """Enqueue through NewsClient (a warm-up message first), time until every row is committed."""
     with (
         database(kind, args.work, args.pg_url) as url,
-        newsq_workers(args.redis_url, url, model_dir, args, lean=lean, processes=processes) as pids,
+        newsq_workers(
+            args.redis_url, url, model_dir, args, variant=variant, processes=processes
+        ) as pids,
         NewsClient(args.redis_url) as client,
     ):
         engine = make_engine(url)
@@ -344,10 +381,14 @@ def newsq_run(
             done = wait_rows(engine, "predictions", total, args.timeout, serial="id")
         case = Case("newsq", Path(model_dir).name, kind, per_message, processes, len(titles))
         case.seconds = done - started
-        case.extra = {"enqueue_per_s": round(len(titles) / enqueued), "lean": lean, **scrape(pids)}
+        case.extra = {
+            "enqueue_per_s": round(len(titles) / enqueued),
+            "variant": variant,
+            **scrape(pids),
+        }
         engine.dispose()
     print(
-        f"  newsq {case.model} {kind} {per_message}/msg x{processes}{' lean' if lean else ''}: "
+        f"  newsq {case.model} {kind} {per_message}/msg x{processes} {variant}: "
         f"{case.rate:,.0f}/s {case.extra}",
         flush=True,
     )
@@ -366,6 +407,10 @@ def against_bare(model_dir: str, titles: list[str], databases: list[str], args: 
             for kind in databases
             for n in args.processes
         ]
+        if args.device.startswith("cuda"):
+            cases += [
+                newsq_run(model_dir, kind, 256, titles, args, variant="eager") for kind in databases
+            ]
         rounds.append(cases)
     merged = []
     for position in zip(*rounds, strict=True):
@@ -503,8 +548,8 @@ def table(cases: list[Case], ceiling: dict[str, float], naive: dict[str, float])
         label = f"{c.kind} ({c.extra['batching']})" if c.kind == "bare" else c.kind
         if c.kind == "newsq" and c.processes > 1:
             label += f" ({c.processes} processes)"
-        if c.extra.get("lean"):
-            label += " (events off, log WARNING)"
+        if c.extra.get("variant"):
+            label += f" ({VARIANTS[c.extra['variant']][0]})"
         of_bare = (
             f"{c.rate / ceiling[c.model]:.2f}" if c.kind == "newsq" and c.model in ceiling else "-"
         )
@@ -622,7 +667,7 @@ def measure(args: argparse.Namespace) -> tuple[Run, dict[str, float], dict[str, 
                     1,
                     single,
                     args,
-                    lean=True,
+                    variant="lean",
                 )
         light = next((s for s in models if s != "null"), "null")
         run.measure("latency", latency_run, dirs[light], titles, args)

@@ -7,13 +7,14 @@ is described entirely by its environment.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # How the forward pass holds its weights (worker/model.py resolve_precision).
 Precision = Literal["auto", "fp32", "bf16", "bf16-autocast"]
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 
 
 class Settings(BaseSettings):
@@ -44,6 +45,11 @@ class Settings(BaseSettings):
         "auto",
         description="Weights and arithmetic of the forward pass: fp32, bf16 (weights cast),"
         " bf16-autocast; auto: bf16 on a CUDA GPU that has it, fp32 elsewhere.",
+    )
+    cuda_graphs: bool = Field(
+        True,
+        description="On a CUDA device, replay the forward pass as one CUDA graph per batch shape"
+        " (captured once each) instead of launching its kernels one by one from Python.",
     )
     token_budget: int | None = Field(
         None,

@@ -61,6 +61,18 @@ class BatchPolicy:
             return 0.0
         return max(0.0, self.max_wait_s - oldest_age_s)
 
+    def warm_shapes(self) -> list[tuple[int, int]]:
+        """(rows, padded width) of the batches a worker meets most, at each width a batch can
+        have: one row (light load) and a full budget (under load). A GPU worker runs these once
+        before it consumes (ModelRuntime.warm_up)."""
+        step = self.pad_multiple
+        widths = range(step, padded_width(self.max_length, step) + 1, step)
+        return [
+            (rows, width)
+            for width in widths
+            for rows in sorted({1, max(1, min(self.max_rows, self.token_budget // width))})
+        ]
+
     @property
     def window_token_cap(self) -> int:
         return self.token_budget * self.window_budgets

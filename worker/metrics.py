@@ -17,7 +17,7 @@ REJECTS = Counter("newsq_rejects", "Articles or messages refused, with a row in 
 BATCH_ROWS = Histogram(
     "newsq_batch_rows",
     "Articles per forward batch",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048),
 )
 BATCH_PADDED_TOKENS = Histogram(
     "newsq_batch_padded_tokens",
@@ -41,6 +41,11 @@ QUEUE_WAIT = Histogram(
     "newsq_batcher_wait_seconds",
     "Time from a task handing over its articles to their batch being cut (one per task)",
     buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+CUDA_GRAPH_CAPTURE_SECONDS = Histogram(
+    "newsq_cuda_graph_capture_seconds",
+    "Capturing the forward pass of one batch shape as a CUDA graph (once per shape)",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 MODEL = Info("newsq_model", "The model this worker serves")
 QUEUE_DEPTH = Gauge("newsq_queue_depth", "Messages waiting in the classify queue")

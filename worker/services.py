@@ -85,7 +85,7 @@ def batcher() -> Batcher:
 
 
 def load(name_or_path: str, version: str | None) -> ModelRuntime:
-    """The model, warmed up on CUDA before it serves (ModelRuntime.warm_up)."""
+    """The model, warmed up on CUDA at the shapes it will meet most before it serves."""
     settings = get_settings()
     runtime = ModelRuntime.load(
         name_or_path,
@@ -94,9 +94,11 @@ def load(name_or_path: str, version: str | None) -> ModelRuntime:
         version=version,
         tokenizer_dir=settings.tokenizer_dir,
         precision=settings.precision,
+        cuda_graphs=settings.cuda_graphs,
     )
     if runtime.device.type == "cuda":
-        runtime.warm_up()
+        policy = policy_from(settings, tuning_for(settings, "cuda"), runtime.pad_multiple)
+        runtime.warm_up(policy.warm_shapes())
     return runtime
 
 

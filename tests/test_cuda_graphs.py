@@ -1,0 +1,56 @@
+"""CUDA graphs of the forward pass: the row buckets (pure), and on a CUDA machine the replayed
+probabilities against the eager ones (benchmarks/gpu.sh runs this file there; CI has no GPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from newsq.settings import Precision
+from worker.cuda_graphs import ROW_STEP, graph_rows
+from worker.model import ModelRuntime
+
+
+def test_small_batches_round_up_to_a_power_of_two() -> None:
+    assert [graph_rows(n) for n in (1, 2, 3, 5, 64, 65, 128)] == [1, 2, 4, 8, 64, 128, 128]
+
+
+def test_large_batches_round_up_to_a_whole_step() -> None:
+    assert [graph_rows(n) for n in (129, 256, 257, 1365, 2048)] == [256, 256, 384, 1408, 2048]
+
+
+def test_a_bucket_holds_its_batch_and_wastes_less_than_a_step() -> None:
+    for rows in range(1, 2049):
+        bucket = graph_rows(rows)
+        assert rows <= bucket < rows + max(ROW_STEP, rows)
+        assert graph_rows(bucket) == bucket  # a bucket is its own bucket
+
+
+def test_cpu_runtime_ignores_cuda_graphs(small_model: Path) -> None:
+    runtime = ModelRuntime.load(str(small_model), device="cpu", cuda_graphs=True)
+    batch = runtime.collate(runtime.encode([("央行宣布降准", None), ("球队夺冠", None)]), [0, 1])
+    assert runtime.predict(batch).shape == (2, 10)
+    assert runtime.graphs == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_replayed_graphs_match_the_eager_forward(small_model: Path, precision: Precision) -> None:
+    """Random titles of random lengths, batch sizes inside and across buckets, each bucket
+    replayed with fewer rows than it was captured with (stale padding rows must not leak)."""
+    model, device = str(small_model), "cuda"
+    eager = ModelRuntime.load(model, device=device, cuda_graphs=False, precision=precision)
+    graphed = ModelRuntime.load(model, device=device, cuda_graphs=True, precision=precision)
+    rng = np.random.default_rng()
+    chars = [chr(c) for c in range(0x4E00, 0x4E00 + 3000)]
+    pairs = [("".join(rng.choice(chars, rng.integers(1, 40))), None) for _ in range(600)]
+    encoded = graphed.encode(pairs)
+    tolerance = 1e-4 if precision == "fp32" else 2e-2
+    for rows in (300, 1, 3, 130, 257, 129, 600, 2):
+        picked = rng.choice(len(pairs), rows, replace=False).tolist()
+        batch = graphed.collate(encoded, picked)
+        np.testing.assert_allclose(graphed.predict(batch), eager.predict(batch), atol=tolerance)
+    assert graphed.graphs > 0 and eager.graphs == 0

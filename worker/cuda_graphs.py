@@ -1,0 +1,127 @@
+"""The forward pass replayed as CUDA graphs, one per batch shape, instead of launched op by op.
+
+Why: on the H200 a newsq worker kept the GPU 20-70% busy while the bare loop kept it 98-100%
+busy. An eager bert-base forward pass is some 400 kernel launches, each a few Python calls, and
+in a worker the model thread shares the interpreter lock with the tokenizer, the writer and
+Celery's threads: a 1,250-row pass took 94 ms there against 29 ms in the bare loop (py-spy,
+README). A graph replays all of a pass's kernels from one call, so the GPU no longer waits for
+the lock between them.
+
+A graph is fixed to the shapes it was captured with: batches are padded up to a row bucket
+(`graph_rows`) and keep their padded width (a multiple of 8, at most `max_length`), and each
+(rows, width) pair is captured the first time it is met, or at warm-up for the common ones.
+All graphs draw their scratch memory from one pool: they never run at the same time (one lock),
+so the pool holds about one forward pass's working memory, not one per graph.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from worker import metrics
+
+log = logging.getLogger(__name__)
+
+ROW_STEP = 128  # above this, rows are padded to a multiple of it; below, to a power of two
+MAX_GRAPHS = 256  # shapes past this many run eagerly
+
+# (input_ids, token_type_ids, attention_mask) on the device -> float32 probabilities there
+Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def graph_rows(rows: int, step: int = ROW_STEP) -> int:
+    """The row count of the graph a batch of `rows` runs in.
+
+    Padding rows cost arithmetic, and every bucket costs a capture: powers of two up to `step`
+    keep the small batches of light load cheap (1 row stays 1 row), multiples of `step` above
+    it waste at most `step` - 1 rows of a batch of hundreds while a GPU worker's shapes stay
+    within a few dozen."""
+    if rows <= step:
+        return 1 << max(rows - 1, 0).bit_length()
+    return -(-rows // step) * step
+
+
+@dataclass(slots=True)
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # static: copied into per batch
+    probs: torch.Tensor  # static: written by each replay
+
+
+class CudaGraphs:
+    """Captures and replays `forward` per (graph rows, width) on one CUDA device."""
+
+    def __init__(self, forward: Forward, device: torch.device, max_graphs: int = MAX_GRAPHS):
+        self._forward = forward
+        self._device = device
+        self._max_graphs = max_graphs
+        self._pool = torch.cuda.graph_pool_handle()
+        self._graphs: dict[tuple[int, int], _Graph] = {}
+        self._lock = threading.Lock()
+        self.enabled = True
+
+    def __len__(self) -> int:
+        return len(self._graphs)
+
+    def run(self, ids: torch.Tensor, types: torch.Tensor, mask: torch.Tensor) -> np.ndarray | None:
+        """Probabilities of the batch's rows (CPU tensors in, numpy out), or None where it has
+        to run eagerly: capture failed once (then never again) or too many shapes are held."""
+        rows, width = ids.shape
+        key = (graph_rows(rows), width)
+        with self._lock:
+            entry = self._graphs.get(key)
+            if entry is None:
+                if not self.enabled or len(self._graphs) >= self._max_graphs:
+                    return None
+                entry = self._capture(*key)
+                if entry is None:
+                    return None
+                self._graphs[key] = entry
+            for static, given in zip(entry.inputs, (ids, types, mask), strict=True):
+                static[:rows].copy_(given, non_blocking=True)
+            entry.graph.replay()
+            return entry.probs[:rows].cpu().numpy()
+
+    def _capture(self, rows: int, width: int) -> _Graph | None:
+        """One eager pass on a side stream first (the CUDA docs' warm-up: library handles and
+        workspaces are made outside the graph), then the capture. The padding rows attend to
+        their first position only: a row that attends to nothing has no defined softmax."""
+        started = time.perf_counter()
+        try:
+            ids = torch.zeros((rows, width), dtype=torch.int64, device=self._device)
+            types = torch.zeros_like(ids)
+            mask = torch.zeros_like(ids)
+            mask[:, 0] = 1
+            side = torch.cuda.Stream(self._device)  # type: ignore[no-untyped-call]
+            side.wait_stream(torch.cuda.current_stream(self._device))
+            with torch.cuda.stream(side):
+                self._forward(ids, types, mask)
+            torch.cuda.current_stream(self._device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+                probs = self._forward(ids, types, mask)
+        except Exception:
+            self.enabled = False
+            log.warning(
+                "capturing the forward pass as a CUDA graph failed (%d x %d); running it eagerly"
+                " from now on (NEWSQ_CUDA_GRAPHS=false skips the attempt)",
+                rows,
+                width,
+                exc_info=True,
+            )
+            return None
+        metrics.CUDA_GRAPH_CAPTURE_SECONDS.observe(time.perf_counter() - started)
+        log.info(
+            "captured a CUDA graph for %d x %d in %.0f ms",
+            rows,
+            width,
+            1000 * (time.perf_counter() - started),
+        )
+        return _Graph(graph, (ids, types, mask), probs)
