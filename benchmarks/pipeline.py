@@ -221,7 +221,8 @@ def database(kind: str, work: Path, pg_url: str) -> Iterator[str]:
         with suppress(psycopg.errors.InsufficientPrivilege):
             conn.execute("CHECKPOINT")
     try:
-        url = f"{pg_url}?options=-csearch_path%3D{schema}"
+        # a socket URL (benchmarks/gpu.sh's own server) already has a query: ?host=...
+        url = f"{pg_url}{'&' if '?' in pg_url else '?'}options=-csearch_path%3D{schema}"
         upgrade(url)
         yield url
     finally:
@@ -408,9 +409,7 @@ def against_bare(model_dir: str, titles: list[str], databases: list[str], args: 
             for n in args.processes
         ]
         if args.device.startswith("cuda"):
-            cases += [
-                newsq_run(model_dir, kind, 256, titles, args, variant="eager") for kind in databases
-            ]
+            cases.append(newsq_run(model_dir, args.main_db, 256, titles, args, variant="eager"))
         rounds.append(cases)
     merged = []
     for position in zip(*rounds, strict=True):
@@ -653,6 +652,8 @@ def measure(args: argparse.Namespace) -> tuple[Run, dict[str, float], dict[str, 
                 f"naive {shape}", naive_run, dirs[shape], titles[: args.naive_articles], args
             ):
                 naive[shape] = case.rate
+        light = next((s for s in models if s != "null"), "null")
+        run.measure("latency", latency_run, dirs[light], titles, args)
         for shape in models:
             single = titles[
                 : args.single_articles if shape == "null" else args.single_articles // 4
@@ -669,8 +670,6 @@ def measure(args: argparse.Namespace) -> tuple[Run, dict[str, float], dict[str, 
                     args,
                     variant="lean",
                 )
-        light = next((s for s in models if s != "null"), "null")
-        run.measure("latency", latency_run, dirs[light], titles, args)
     return run, ceiling, naive
 
 

@@ -63,15 +63,16 @@ class BatchPolicy:
 
     def warm_shapes(self) -> list[tuple[int, int]]:
         """(rows, padded width) of the batches a worker meets most, at each width a batch can
-        have: one row (light load) and a full budget (under load). A GPU worker runs these once
-        before it consumes (ModelRuntime.warm_up)."""
+        have: up to 4 rows (light load: one article, now and then two or three together) and a
+        full budget (under load). A GPU worker runs these once before it consumes, so that the
+        first articles do not wait for a shape's first pass (ModelRuntime.warm_up)."""
         step = self.pad_multiple
         widths = range(step, padded_width(self.max_length, step) + 1, step)
-        return [
-            (rows, width)
-            for width in widths
-            for rows in sorted({1, max(1, min(self.max_rows, self.token_budget // width))})
-        ]
+        shapes = []
+        for width in widths:
+            full = max(1, min(self.max_rows, self.token_budget // width))
+            shapes += [(rows, width) for rows in sorted({1, 2, 4, full}) if rows <= full]
+        return shapes
 
     @property
     def window_token_cap(self) -> int:
