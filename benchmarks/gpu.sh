@@ -3,7 +3,7 @@
 # graphs on and off), newsq end to end (bert-base and the null model; PostgreSQL and SQLite; 1, 4
 # and 8 worker processes sharing the GPU), the naive worker and light-load latency; PROFILE=1
 # adds py-spy profiles of the workers (profiles.tgz). MODELS, PROCESSES, DATABASES, BATCH_SIZES,
-# BUDGET... override the defaults below. Self-contained, for a machine without internet whose
+# STEPS (a part of the run, e.g. latency,newsq), BUDGET... override the defaults below. Self-contained, for a machine without internet whose
 # python3 has CUDA PyTorch and transformers (the device tool's image):
 #
 #   benchmarks/gpu.sh prepare     # here, with internet: wheels for the rest + the data, ignored
@@ -75,7 +75,7 @@ timeout "${BENCH_TIMEOUT:-450}" "$python" -m benchmarks.pipeline \
   --null-articles "${NULL_ARTICLES:-200000}" --model-articles "${MODEL_ARTICLES:-100000}" \
   --single-articles "${SINGLE_ARTICLES:-10000}" --naive-articles "${NAIVE_ARTICLES:-500}" \
   --latency-seconds 10 --rounds 1 --budget "${BUDGET:-400}" --timeout 120 \
-  ${PROFILE:+--profile "$out/profiles"} \
+  ${PROFILE:+--profile "$out/profiles"} ${STEPS:+--steps "$STEPS"} \
   --redis-url "redis://127.0.0.1:$port/0" --output "$out/pipeline-gpu.json" || status=$?
 if [ -d "$out/profiles" ]; then  # one file: the device tool brings back at most eight
   tar czf "$out/profiles.tgz" -C "$out" profiles && rm -rf "$out/profiles"

@@ -59,6 +59,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # THUCNews titles and the bert-base-chinese tokenizer (benchmarks/gpu.sh points elsewhere)
 DATA = Path(os.environ.get("NEWSQ_BENCH_DATA", ROOT.parent / "shared/data"))
 METRICS_PORT = 9890
+# The parts of a run (--steps): the bare model, newsq with 256-article messages, the same with
+# the CUDA graphs off, the naive worker, the null model, light-load latency, 1-article messages.
+STEPS = ("bare", "newsq", "eager", "naive", "null", "latency", "single")
 # Worker settings some cases change, by name: (what the table says, the environment).
 VARIANTS = {
     # What an operator can turn off when one-article messages arrive by the thousand per
@@ -373,7 +376,8 @@ def newsq_run(
         warm = articles_for(titles[: 32 * processes], "warm")
         client.enqueue(warm, chunk_size=32)
         wait_rows(engine, "predictions", len(warm), 120, serial="id")
-        name = f"{Path(model_dir).name}-{kind}-x{processes}" if per_message > 1 else ""
+        name = f"{Path(model_dir).name}-{kind}-x{processes}{variant and '-' + variant}"
+        name = name if per_message > 1 else ""
         with profiled(pids[0], args.profile, name):
             started = time.perf_counter()
             client.enqueue(articles_for(titles, "bench"), chunk_size=per_message)
@@ -402,13 +406,16 @@ def against_bare(model_dir: str, titles: list[str], databases: list[str], args: 
     from minute to minute, and a ratio of two single runs minutes apart inherits that."""
     rounds = []
     for _ in range(args.rounds):
-        cases = bare(model_dir, titles, args.device, args.batch_sizes)
-        cases += [
-            newsq_run(model_dir, kind, 256, titles, args, processes=n)
-            for kind in databases
-            for n in args.processes
-        ]
-        if args.device.startswith("cuda"):
+        cases = (
+            bare(model_dir, titles, args.device, args.batch_sizes) if "bare" in args.steps else []
+        )
+        if "newsq" in args.steps:
+            cases += [
+                newsq_run(model_dir, kind, 256, titles, args, processes=n)
+                for kind in databases
+                for n in args.processes
+            ]
+        if "eager" in args.steps and args.device.startswith("cuda"):
             cases.append(newsq_run(model_dir, args.main_db, 256, titles, args, variant="eager"))
         rounds.append(cases)
     merged = []
@@ -593,6 +600,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--profile", type=Path, help="folder for py-spy profiles of the workers (256/msg runs)"
     )
+    parser.add_argument(
+        "--steps",
+        type=lambda text: set(text.split(",")),
+        default=set(STEPS),
+        help=f"which to run, of {','.join(STEPS)} (default: all; 'eager' only on CUDA)",
+    )
     parser.add_argument("--latency-rate", type=float, default=20.0)
     parser.add_argument("--latency-seconds", type=float, default=15.0)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for rows")
@@ -606,6 +619,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/pipeline.json")
     args = parser.parse_args()
+    if unknown := args.steps - set(STEPS):
+        parser.error(f"unknown --steps {','.join(sorted(unknown))}; choose from {','.join(STEPS)}")
     args.models = args.models.split(",")
     args.databases = args.databases.split(",")
     # one-article messages, the naive worker and latency run on one database: PostgreSQL if listed
@@ -623,8 +638,13 @@ def measure(args: argparse.Namespace) -> tuple[Run, dict[str, float], dict[str, 
         dirs = {shape: make_model(shape, args.work) for shape in models}
         ceiling: dict[str, float] = {}
         naive: dict[str, float] = {}
+        light = next((s for s in models if s != "null"), "null")
+        if "latency" in args.steps:  # first: short, and a goal of its own
+            run.measure("latency", latency_run, dirs[light], titles, args)
         for shape in models:
             if shape == "null":
+                if "null" not in args.steps:
+                    continue
                 for kind in databases:
                     for n in args.processes:
                         run.measure(
@@ -646,15 +666,15 @@ def measure(args: argparse.Namespace) -> tuple[Run, dict[str, float], dict[str, 
                 databases,
                 args,
             )
-            if compared:
-                ceiling[shape] = max(c.rate for c in compared if c.kind == "bare")
-            for case in run.measure(
-                f"naive {shape}", naive_run, dirs[shape], titles[: args.naive_articles], args
-            ):
-                naive[shape] = case.rate
-        light = next((s for s in models if s != "null"), "null")
-        run.measure("latency", latency_run, dirs[light], titles, args)
-        for shape in models:
+            bare_rates = [c.rate for c in compared if c.kind == "bare"]
+            if bare_rates:
+                ceiling[shape] = max(bare_rates)
+            if "naive" in args.steps:
+                for case in run.measure(
+                    f"naive {shape}", naive_run, dirs[shape], titles[: args.naive_articles], args
+                ):
+                    naive[shape] = case.rate
+        for shape in models if "single" in args.steps else []:
             single = titles[
                 : args.single_articles if shape == "null" else args.single_articles // 4
             ]

@@ -213,6 +213,8 @@ class ModelRuntime:
         the allocator does not hold yet, and with CUDA graphs for its capture. This moves that
         cost to the start for the shapes met most (BatchPolicy.warm_shapes)."""
         for rows, width in shapes:
+            if self._graphs is not None:
+                self._graphs.capture(rows, width)  # else this pass would run eagerly
             ids = np.full((rows, width), self.pad_id, dtype=np.int64)
             ones = np.ones((rows, width), dtype=np.int64)
             self.predict(TensorBatch(*(torch.from_numpy(a) for a in (ids, ids * 0, ones))))
