@@ -117,6 +117,11 @@ def test_bf16_gives_nearly_the_fp32_probabilities(small_model: Path) -> None:
         assert not np.allclose(probs, expected, atol=1e-6)  # it did run in bf16
 
 
+def test_served_weights_need_no_gradients(small_model: Path) -> None:
+    runtime = ModelRuntime.load(str(small_model), device="cpu")
+    assert not any(p.requires_grad for p in runtime.model.parameters())
+
+
 def test_warm_up_runs_one_pass_per_shape(small_model: Path) -> None:
     runtime = ModelRuntime.load(str(small_model), device="cpu", max_length=60)
     calls: list[tuple[int, ...]] = []

@@ -68,6 +68,9 @@ class CudaGraphs:
         self._device = device
         self._max_graphs = max_graphs
         self._pool = torch.cuda.graph_pool_handle()
+        # The warm-up passes' stream: one for all, since each stream that runs a matrix product
+        # gets a cuBLAS workspace of its own that is kept for good.
+        self._side = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
         self._graphs: dict[tuple[int, int], _Graph] = {}
         self._misses: Counter[tuple[int, int]] = Counter()  # shapes met, not captured
         self._lock = threading.Lock()
@@ -117,19 +120,22 @@ class CudaGraphs:
         workspaces are made outside the graph), then the capture. The padding rows attend to
         their first position only: a row that attends to nothing has no defined softmax."""
         started = time.perf_counter()
+        # Inference mode here, whoever calls: with autograd on, the graph's output would keep
+        # every activation for a backward pass (on the H200, warm-up captures made outside it
+        # grew a worker by ~1 GB a graph, to 25-34 GB, and 8 workers ran out of memory).
         try:
-            ids = torch.zeros((rows, width), dtype=torch.int64, device=self._device)
-            types = torch.zeros_like(ids)
-            mask = torch.zeros_like(ids)
-            mask[:, 0] = 1
-            side = torch.cuda.Stream(self._device)  # type: ignore[no-untyped-call]
-            side.wait_stream(torch.cuda.current_stream(self._device))
-            with torch.cuda.stream(side):
-                self._forward(ids, types, mask)
-            torch.cuda.current_stream(self._device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-                probs = self._forward(ids, types, mask)
+            with torch.inference_mode():
+                ids = torch.zeros((rows, width), dtype=torch.int64, device=self._device)
+                types = torch.zeros_like(ids)
+                mask = torch.zeros_like(ids)
+                mask[:, 0] = 1
+                self._side.wait_stream(torch.cuda.current_stream(self._device))
+                with torch.cuda.stream(self._side):
+                    self._forward(ids, types, mask)
+                torch.cuda.current_stream(self._device).wait_stream(self._side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+                    probs = self._forward(ids, types, mask)
         except Exception:
             self.enabled = False
             log.warning(

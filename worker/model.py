@@ -173,7 +173,9 @@ class ModelRuntime:
                 )
             tokenizer = AutoTokenizer.from_pretrained(name_or_path)
             model = AutoModelForSequenceClassification.from_pretrained(name_or_path)
-        model.to(torch_device).eval()
+        # Serving never trains: no autograd state, whatever mode a pass (or a CUDA graph
+        # capture) runs in.
+        model.to(torch_device).eval().requires_grad_(False)
         if precision == "bf16":
             model.to(torch.bfloat16)
         resolved = version or model_version_of(name_or_path, model.config)
