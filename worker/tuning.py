@@ -18,12 +18,14 @@ unit-tested without either. Measured on 2 CPU cores with the small model (benchm
   articles/s.
 
 On CUDA the model runs on the GPU: one model thread (one stream), and the tokenizer free to use
-the idle cores. A GPU batch of titles is bound by kernel launches, not arithmetic, until it is
-large: measured on one H200 with the bert-base shape in bf16 (benchmarks/gpu.sh), 20,500
+the idle cores. An eager GPU batch of titles is bound by kernel launches, not arithmetic, until it
+is large: measured on one H200 with the bert-base shape in bf16 (benchmarks/gpu.sh), 20,500
 articles/s at batch 256, 35,600 at 512, 52,400 at 1,024, and 23,900 with a budget of 8,192 tokens
-(~400 rows): hence a budget of 32,768 tokens and up to 2,048 rows. Windows stay at 4 budgets
-there, as measured: the GPU waits while the tokenizer cuts the next window, so a longer window
-is a longer wait (not yet measured on a GPU).
+(~400 rows): hence a budget of 32,768 tokens and up to 2,048 rows. Replayed as CUDA graphs
+(worker/cuda_graphs.py) small batches cost far less (66,530 at 256, 75,703 at 1,024, 77,830 at
+2,048), and the large budget still gives the best rate with the fewest batch shapes to capture.
+Windows stay at 4 budgets there, as measured: the GPU waits while the tokenizer cuts the next
+window, so a longer window is a longer wait (not yet measured on a GPU).
 """
 
 from __future__ import annotations
