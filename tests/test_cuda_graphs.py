@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from newsq.settings import Precision
-from worker.cuda_graphs import ROW_STEP, graph_rows
+from worker.cuda_graphs import ROW_STEP, ShapeTally, graph_rows
 from worker.model import ModelRuntime
 
 
@@ -27,6 +27,22 @@ def test_a_bucket_holds_its_batch_and_wastes_less_than_a_step() -> None:
         bucket = graph_rows(rows)
         assert rows <= bucket < rows + max(ROW_STEP, rows)
         assert graph_rows(bucket) == bucket  # a bucket is its own bucket
+
+
+def test_a_shape_is_captured_when_met_again_while_there_is_room() -> None:
+    tally = ShapeTally(capture_at=2, max_graphs=2)
+    assert not tally.due((128, 24), held=0)  # first meeting: eager
+    assert not tally.due((256, 24), held=0)
+    assert tally.due((128, 24), held=0)  # second: capture
+    tally.captured((128, 24))
+    assert tally.due((256, 24), held=1)
+    tally.captured((256, 24))
+    assert not tally.due((384, 24), held=2) and not tally.due((384, 24), held=2)  # full
+    assert tally.missed == {(384, 24): 2}
+
+
+def test_capture_at_one_captures_every_shape_at_once() -> None:
+    assert ShapeTally(capture_at=1).due((1, 16), held=0)
 
 
 def test_cpu_runtime_ignores_cuda_graphs(small_model: Path) -> None:

@@ -24,7 +24,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -54,6 +54,29 @@ def graph_rows(rows: int, step: int = ROW_STEP) -> int:
 
 
 @dataclass(slots=True)
+class ShapeTally:
+    """Which shapes to capture: the pure part of CudaGraphs, tested without a GPU.
+
+    A shape is captured when it is met for the `capture_at`-th time (warm-up shapes at once),
+    and not at all once `max_graphs` are held; `missed` counts the meetings until then."""
+
+    capture_at: int = CAPTURE_AT
+    max_graphs: int = MAX_GRAPHS
+    missed: Counter[tuple[int, int]] = field(default_factory=Counter)
+
+    def due(self, key: tuple[int, int], held: int) -> bool:
+        """`key` was met and has no graph yet; whether to capture it now."""
+        self.missed[key] += 1
+        return self.missed[key] >= self.capture_at and self.room(held)
+
+    def room(self, held: int) -> bool:
+        return held < self.max_graphs
+
+    def captured(self, key: tuple[int, int]) -> None:
+        self.missed.pop(key, None)
+
+
+@dataclass(slots=True)
 class _Graph:
     graph: torch.cuda.CUDAGraph
     inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # static: copied into per batch
@@ -63,27 +86,25 @@ class _Graph:
 class CudaGraphs:
     """Captures and replays `forward` per (graph rows, width) on one CUDA device."""
 
-    def __init__(self, forward: Forward, device: torch.device, max_graphs: int = MAX_GRAPHS):
+    def __init__(self, forward: Forward, device: torch.device, tally: ShapeTally | None = None):
         self._forward = forward
         self._device = device
-        self._max_graphs = max_graphs
+        self._tally = tally or ShapeTally()
         self._pool = torch.cuda.graph_pool_handle()
         # The warm-up passes' stream: one for all, since each stream that runs a matrix product
         # gets a cuBLAS workspace of its own that is kept for good.
         self._side = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
         self._graphs: dict[tuple[int, int], _Graph] = {}
-        self._misses: Counter[tuple[int, int]] = Counter()  # shapes met, not captured
         self._lock = threading.Lock()
         self.enabled = True
 
     def __len__(self) -> int:
         return len(self._graphs)
 
-    def capture(self, rows: int, width: int) -> bool:
-        """Capture the graph for batches of `rows` x `width` now (warm-up); False if it cannot
-        be held."""
+    def capture(self, rows: int, width: int) -> None:
+        """Capture the graph for batches of `rows` x `width` now (warm-up), if it can be held."""
         with self._lock:
-            return self._held(graph_rows(rows), width) is not None
+            self._held(graph_rows(rows), width)
 
     def run(self, ids: torch.Tensor, types: torch.Tensor, mask: torch.Tensor) -> np.ndarray | None:
         """Probabilities of the batch's rows (CPU tensors in, numpy out), or None where it
@@ -94,8 +115,9 @@ class CudaGraphs:
         with self._lock:
             entry = self._graphs.get(key)
             if entry is None:
-                self._misses[key] += 1
-                if self._misses[key] < CAPTURE_AT or (entry := self._held(*key)) is None:
+                if not self._tally.due(key, len(self._graphs)):
+                    return None
+                if (entry := self._held(*key)) is None:
                     return None
             for static, given in zip(entry.inputs, (ids, types, mask), strict=True):
                 static[:rows].copy_(given, non_blocking=True)
@@ -106,13 +128,13 @@ class CudaGraphs:
         """The graph of this shape, captured now if need be (called under the lock)."""
         key = (rows, width)
         if key not in self._graphs:
-            if not self.enabled or len(self._graphs) >= self._max_graphs:
+            if not self.enabled or not self._tally.room(len(self._graphs)):
                 return None
             entry = self._capture(rows, width)
             if entry is None:
                 return None
             self._graphs[key] = entry
-            self._misses.pop(key, None)
+            self._tally.captured(key)
         return self._graphs[key]
 
     def _capture(self, rows: int, width: int) -> _Graph | None:
