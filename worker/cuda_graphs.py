@@ -13,8 +13,8 @@ shapes are captured at warm-up; any other runs eagerly until it is met a second 
 captured: a capture cost about 120 ms of the worker's interpreter (H200, bert-base: 47 graphs in
 5.75 s), nearly three eager passes of ~45 ms, and the last batch of a window, cut short, comes in
 many sizes that may never recur. All graphs draw their scratch memory from one pool: they never
-run at the same time (one lock), so the pool holds about one forward pass's working memory, not
-one per graph.
+run at the same time (one lock), so the pool needs about one forward pass's working memory, not
+one per graph (by design; a worker's GPU memory with graphs is not yet measured).
 """
 
 from __future__ import annotations
