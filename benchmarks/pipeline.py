@@ -113,6 +113,9 @@ def make_model(shape: str, work: Path) -> str:
 
 
 # -- 1. the bare model --------------------------------------------------------------------------
+EAGER_PLAN = "newsq policy, eager"  # on CUDA: the same plan with the CUDA graphs off
+
+
 def bare(model_dir: str, titles: list[str], device: str, sizes: list[int]) -> list[Case]:
     """Pre-tokenized, length-sorted batches through the model in a loop: fixed batch sizes and
     the plan of newsq's batch policy (its token budget), the latter also split over as many
@@ -141,7 +144,7 @@ def bare(model_dir: str, titles: list[str], device: str, sizes: list[int]) -> li
             f"newsq policy, {p}": {"precision": p} for p in PRECISIONS if p != "auto"
         }
         variants.pop(f"newsq policy, {runtime.precision}")
-        variants["newsq policy, eager"] = {"cuda_graphs": False}
+        variants[EAGER_PLAN] = {"cuda_graphs": False}
         for name, options in variants.items():
             plans[name], loops[name] = plans["newsq policy"], 1
             runtimes[name] = ModelRuntime.load(
@@ -162,9 +165,9 @@ def bare(model_dir: str, titles: list[str], device: str, sizes: list[int]) -> li
         }
         cases.append(case)
         print(f"  bare {case.model} {name} ({used.precision}): {case.rate:,.0f}/s", flush=True)
-    if "newsq policy, eager" in runtimes:
+    if EAGER_PLAN in runtimes:
         cases[-1].extra["max_diff_vs_graphs"] = max_difference(
-            runtime, runtimes["newsq policy, eager"], encoded, plans["newsq policy"][:8]
+            runtime, runtimes[EAGER_PLAN], encoded, plans["newsq policy"][:8]
         )
     return cases
 

@@ -96,7 +96,7 @@ class CudaGraphs:
         self._side = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
         self._graphs: dict[tuple[int, int], _Graph] = {}
         self._lock = threading.Lock()
-        self.enabled = True
+        self._enabled = True  # until a capture fails
 
     def __len__(self) -> int:
         return len(self._graphs)
@@ -104,7 +104,8 @@ class CudaGraphs:
     def capture(self, rows: int, width: int) -> None:
         """Capture the graph for batches of `rows` x `width` now (warm-up), if it can be held."""
         with self._lock:
-            self._held(graph_rows(rows), width)
+            if self._tally.room(len(self._graphs)):
+                self._held(graph_rows(rows), width)
 
     def run(self, ids: torch.Tensor, types: torch.Tensor, mask: torch.Tensor) -> np.ndarray | None:
         """Probabilities of the batch's rows (CPU tensors in, numpy out), or None where it
@@ -114,21 +115,21 @@ class CudaGraphs:
         key = (graph_rows(rows), width)
         with self._lock:
             entry = self._graphs.get(key)
+            if entry is None and self._tally.due(key, len(self._graphs)):
+                entry = self._held(*key)
             if entry is None:
-                if not self._tally.due(key, len(self._graphs)):
-                    return None
-                if (entry := self._held(*key)) is None:
-                    return None
+                return None
             for static, given in zip(entry.inputs, (ids, types, mask), strict=True):
                 static[:rows].copy_(given, non_blocking=True)
             entry.graph.replay()
             return entry.probs[:rows].cpu().numpy()
 
     def _held(self, rows: int, width: int) -> _Graph | None:
-        """The graph of this shape, captured now if need be (called under the lock)."""
+        """The graph of this shape, captured now if need be (called under the lock, once the
+        tally left room for it)."""
         key = (rows, width)
         if key not in self._graphs:
-            if not self.enabled or not self._tally.room(len(self._graphs)):
+            if not self._enabled:
                 return None
             entry = self._capture(rows, width)
             if entry is None:
@@ -159,7 +160,7 @@ class CudaGraphs:
                 with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
                     probs = self._forward(ids, types, mask)
         except Exception:
-            self.enabled = False
+            self._enabled = False
             log.warning(
                 "capturing the forward pass as a CUDA graph failed (%d x %d); running it eagerly"
                 " from now on (NEWSQ_CUDA_GRAPHS=false skips the attempt)",
@@ -168,11 +169,7 @@ class CudaGraphs:
                 exc_info=True,
             )
             return None
-        metrics.CUDA_GRAPH_CAPTURE_SECONDS.observe(time.perf_counter() - started)
-        log.info(
-            "captured a CUDA graph for %d x %d in %.0f ms",
-            rows,
-            width,
-            1000 * (time.perf_counter() - started),
-        )
+        seconds = time.perf_counter() - started
+        metrics.CUDA_GRAPH_CAPTURE_SECONDS.observe(seconds)
+        log.info("captured a CUDA graph for %d x %d in %.0f ms", rows, width, 1000 * seconds)
         return _Graph(graph, (ids, types, mask), probs)

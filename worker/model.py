@@ -126,8 +126,8 @@ class ModelRuntime:
         path: str,
         device: torch.device,
         max_length: int,
-        precision: Precision = "fp32",
-        cuda_graphs: bool = True,
+        precision: Precision,
+        cuda_graphs: bool,
     ) -> None:
         self.model = model
         self.precision = precision

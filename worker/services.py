@@ -97,7 +97,8 @@ def load(name_or_path: str, version: str | None) -> ModelRuntime:
         cuda_graphs=settings.cuda_graphs,
     )
     if runtime.device.type == "cuda":
-        policy = policy_from(settings, tuning_for(settings, "cuda"), runtime.pad_multiple)
+        tuned = tuning_for(settings, runtime.device.type)
+        policy = policy_from(settings, tuned, runtime.pad_multiple)
         runtime.warm_up(policy.warm_shapes())
     return runtime
 
