@@ -1,7 +1,13 @@
-"""Helpers shared by the tests that drive real workers: sample articles, polling, raw messages."""
+"""Helpers shared by the tests that drive real workers: sample articles, polling, raw messages,
+a TCP proxy that can cut a service off."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import json
+import socket
+import threading
 import time
 
 from kombu.connection import Connection
@@ -53,3 +59,68 @@ def publish_raw(redis_url: str, body: bytes, content_type: str, task_id: str) ->
             headers={"task": CLASSIFY_TASK, "id": task_id, "lang": "py"},
             declare=[],
         )
+
+
+def message_ids(raw: bytes | str) -> list[str]:
+    """Article ids inside one stored kombu message (queue entry or unacked entry)."""
+    envelope = json.loads(raw)
+    if isinstance(envelope, list):  # the unacked hash stores [message, exchange, routing key]
+        envelope = envelope[0]
+    _, kwargs, _ = json.loads(base64.b64decode(envelope["body"]))
+    return [article["id"] for article in kwargs["articles"]]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class CuttableProxy:
+    """A TCP proxy (to PostgreSQL, Redis) that can drop every connection and refuse new ones."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = free_port()
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+
+    def open(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        assert self._listener is not None
+        # shutdown() wakes the thread blocked in accept(); close() alone would leave it accepting
+        self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        with self._lock:
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            self._sockets.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            with self._lock:
+                self._sockets |= {client, upstream}
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)

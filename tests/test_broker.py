@@ -12,6 +12,7 @@ from queue import Empty
 
 import pytest
 import redis
+from kombu.asynchronous import Hub
 from kombu.connection import Connection
 from kombu.message import Message
 
@@ -98,3 +99,47 @@ def test_one_fetch_takes_up_to_the_prefetch_credit_and_records_each(
     held = {t.decode() if isinstance(t, bytes) else t for t in r.hkeys(chan.unacked_key)}
     assert {m.delivery_tag for m in delivered} == held
     assert chan.qos.can_consume_max_estimate() == 0
+
+
+def zrem_calls(r: redis.Redis) -> int:
+    return int(r.info("commandstats").get("cmdstat_zrem", {}).get("calls", 0))
+
+
+def test_in_an_event_loop_the_acks_of_a_turn_reach_redis_together_at_its_end(
+    clean_redis: str, channel: tuple[Channel, list[Message]]
+) -> None:
+    chan, delivered = channel
+    r = redis.Redis.from_url(clean_redis)
+    hub = Hub()
+    chan.connection.register_with_event_loop(chan.connection, hub)  # what a worker does
+    chan.basic_qos(prefetch_count=5)
+    with NewsClient(clean_redis) as client:
+        client.enqueue([(f"d-{i}", f"标题{i}", None) for i in range(5)], chunk_size=1)
+    chan._brpop_start()
+    assert chan._brpop_read() is True and len(delivered) == 5
+    before = zrem_calls(r)
+
+    for message in delivered:
+        message.ack()
+    assert chan.qos.can_consume_max_estimate() == 5  # the credit is back at once
+    assert r.hlen(chan.unacked_key) == 5  # Redis hears of the acks at the end of the turn
+
+    for tick in list(hub.on_tick):  # the end of the loop's turn
+        tick()
+    assert r.hlen(chan.unacked_key) == 0 and r.zcard(chan.unacked_index_key) == 0
+    assert zrem_calls(r) - before == 1  # one transaction for the five
+
+
+def test_closing_the_channel_sends_the_acks_not_yet_sent(
+    clean_redis: str, channel: tuple[Channel, list[Message]]
+) -> None:
+    chan, delivered = channel
+    r = redis.Redis.from_url(clean_redis)
+    chan.connection.register_with_event_loop(chan.connection, Hub())
+    send_one(clean_redis, "e-1")
+    chan._brpop_start()
+    assert chan._brpop_read() is True
+    delivered[0].ack()
+    assert r.hlen(chan.unacked_key) == 1
+    chan.close()  # a worker's shutdown: no turn of the loop ends after the ack
+    assert r.hlen(chan.unacked_key) == 0 and r.zcard(chan.unacked_index_key) == 0

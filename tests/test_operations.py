@@ -27,15 +27,9 @@ from producer.client import NewsClient, celery_client
 from producer.contract import CLASSIFY_QUEUE, CLASSIFY_TASK
 from producer.status import redact
 from tests.conftest import ROOT, WorkerFactory, run_cli
-from tests.helpers import titles, wait_until
+from tests.helpers import free_port, titles, wait_until
 
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, str]:

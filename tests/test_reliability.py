@@ -3,14 +3,10 @@ messages, SIGTERM, SIGKILL chaos, a Redis restart, a database outage, secrets, e
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import json
 import re
 import signal
-import socket
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,20 +28,20 @@ from db.queries import committed_count
 from producer.client import NewsClient, celery_client
 from producer.contract import CLASSIFY_QUEUE, CLASSIFY_TASK, priority_lists
 from tests.conftest import PG_URL, WorkerFactory, run_cli
-from tests.helpers import prediction_rows, publish_raw, rejects_of, titles, wait_until
+from tests.helpers import (
+    CuttableProxy,
+    free_port,
+    message_ids,
+    prediction_rows,
+    publish_raw,
+    rejects_of,
+    titles,
+    wait_until,
+)
 from worker.launcher import WorkerProcess
 
 POSTGRES_ONLY = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-
-
-def message_ids(raw: bytes | str) -> list[str]:
-    """Article ids inside one stored kombu message (queue entry or unacked entry)."""
-    envelope = json.loads(raw)
-    if isinstance(envelope, list):  # the unacked hash stores [message, exchange, routing key]
-        envelope = envelope[0]
-    _, kwargs, _ = json.loads(base64.b64decode(envelope["body"]))
-    return [article["id"] for article in kwargs["articles"]]
 
 
 def ids_in_redis(redis_url: str) -> tuple[list[str], list[str]]:
@@ -59,12 +55,6 @@ def ids_in_redis(redis_url: str) -> tuple[list[str], list[str]]:
     ]
     held = [i for m in client.hvals("unacked") for i in message_ids(m)]
     return queued, held
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- 4. poison input ------------------------------------------------------------------------------
@@ -352,56 +342,6 @@ def test_a_redis_restart_mid_run_loses_nothing(
 
 
 # -- 3. database outage ---------------------------------------------------------------------------
-class CuttableProxy:
-    """A TCP proxy to PostgreSQL that can drop every connection and refuse new ones."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.port = free_port()
-        self._sockets: set[socket.socket] = set()
-        self._lock = threading.Lock()
-        self._listener: socket.socket | None = None
-
-    def open(self) -> None:
-        self._listener = socket.create_server(("127.0.0.1", self.port))
-        threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
-
-    def cut(self) -> None:
-        assert self._listener is not None
-        # shutdown() wakes the thread blocked in accept(); close() alone would leave it accepting
-        self._listener.shutdown(socket.SHUT_RDWR)
-        self._listener.close()
-        with self._lock:
-            for sock in self._sockets:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
-            self._sockets.clear()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            with self._lock:
-                self._sockets |= {client, upstream}
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        for sock in (src, dst):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-
 @POSTGRES_ONLY
 def test_a_thirty_second_database_outage_is_retried_and_loses_nothing(
     start_worker: WorkerFactory, database_url: str, engine: Engine, clean_redis: str

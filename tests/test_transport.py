@@ -1,13 +1,20 @@
-"""The producer's transport: kombu's Redis channel with one redis-py client for every publish."""
+"""The producer's transport: kombu's Redis channel with one redis-py client for every publish,
+and enqueue's pipelines of messages."""
 
 from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import redis
 
 from producer import transport
-from producer.client import NewsClient
+from producer.client import PIPELINE_MESSAGES, NewsClient
 from producer.contract import CLASSIFY_QUEUE
+from tests.helpers import CuttableProxy, message_ids
 
 
 @pytest.mark.services
@@ -20,3 +27,47 @@ def test_publishes_share_one_client_and_arrive(clean_redis: str) -> None:
             assert first is second is channel._shared_client
         client.enqueue([{"title": "再来一条"}], chunk_size=1)
     assert redis.Redis.from_url(clean_redis).llen(CLASSIFY_QUEUE) == 4
+
+
+def queued_ids(redis_url: str) -> list[str]:
+    """Article ids of the messages in the classify queue, oldest first."""
+    client = redis.Redis.from_url(redis_url)
+    return [i for raw in reversed(client.lrange(CLASSIFY_QUEUE, 0, -1)) for i in message_ids(raw)]
+
+
+@pytest.mark.services
+def test_enqueue_sends_one_article_messages_in_pipelines(
+    clean_redis: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sends = 0
+    original: Callable[..., None] = redis.connection.AbstractConnection.send_packed_command
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        nonlocal sends
+        sends += 1
+        original(self, command, check_health)
+
+    count = PIPELINE_MESSAGES + 44
+    with NewsClient(clean_redis) as client:
+        client.enqueue([{"id": "warm", "title": "预热"}], chunk_size=1)  # connects
+        monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+        client.enqueue([{"id": f"p-{i}", "title": f"新闻{i}"} for i in range(count)], chunk_size=1)
+    assert sends == 2  # two pipelines, where each message took a round trip of its own
+    assert queued_ids(clean_redis) == ["warm"] + [f"p-{i}" for i in range(count)]
+
+
+@pytest.mark.services
+def test_a_pipeline_that_fails_is_sent_again_message_by_message(
+    clean_redis: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    host, port, db = re.match(r"redis://([^:/]+):(\d+)/(\d+)", clean_redis).groups()  # type: ignore[union-attr]
+    proxy = CuttableProxy((host, int(port)))
+    proxy.open()
+    with NewsClient(f"redis://127.0.0.1:{proxy.port}/{db}") as client:
+        client.enqueue([{"id": "before", "title": "之前"}], chunk_size=1)
+        proxy.cut()  # Redis is unreachable when the pipeline goes out...
+        threading.Timer(1.0, proxy.open).start()  # ...and back while each message is retried
+        client.enqueue([{"id": f"f-{i}", "title": f"新闻{i}"} for i in range(5)], chunk_size=1)
+    assert "a pipeline of 5 messages failed" in caplog.text
+    assert queued_ids(clean_redis) == ["before"] + [f"f-{i}" for i in range(5)]
+    proxy.cut()

@@ -13,10 +13,19 @@ is empty the channel waits with `BLMOVE list list RIGHT RIGHT`, which blocks lik
 moving an element onto the end it came from, takes nothing; then it runs the script again. The
 wait watches one list (the first queue's highest-priority list, where messages without a priority
 go): on an idle worker a message in another list is seen within `brpop_timeout` (1 s).
+
+An ack deletes the message from the unacked hash and index: kombu sends that as one transaction
+per message, a round trip that blocked the event loop for ~0.2 ms and cost ~140 us of its CPU
+time each, the largest per-message cost left with one-article messages. In a worker's event loop
+the acks of one loop turn are sent together instead, in one transaction at the end of the turn;
+the prefetch credit is returned at once, as before. Until then a crash leaves those messages in
+the hash, to be redelivered after the visibility timeout: the at-least-once that a crash just
+before any ack gives, and their rows, already committed, are upserted again.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -26,6 +35,8 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 from producer import transport
+
+log = logging.getLogger(__name__)
 
 # KEYS: unacked index (zset), unacked (hash), then the lists in the order BRPOP would read them.
 # ARGV: the time to score the deliveries with (the sweep compares it with the worker's clock),
@@ -63,11 +74,34 @@ POP_LIMIT = 64
 
 
 class QoS(kombu_redis.QoS):
-    """Skips the unacked writes for deliveries the pop script has recorded already."""
+    """Skips the unacked writes for deliveries the pop script has recorded already, and sends
+    the acks of an event loop's turn together."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.recorded: set[str] = set()
+        self.acked: list[str] = []  # acked here, still in Redis's unacked hash until flushed
+
+    def ack(self, delivery_tag: str) -> None:
+        if not self.channel.connection.acks_deferred:
+            super().ack(delivery_tag)
+            return
+        self.acked.append(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def flush_acks(self) -> None:
+        """Delete the acked messages from the unacked hash and index, in one transaction; on a
+        connection error they stay for the next try (or, should the worker die, for redelivery)."""
+        if not self.acked:
+            return
+        tags = self.acked
+        try:
+            with self.pipe_or_acquire() as pipe:
+                pipe.zrem(self.unacked_index_key, *tags).hdel(self.unacked_key, *tags).execute()
+        except self.channel.connection_errors as exc:
+            log.warning("could not send %d acks to Redis yet: %r", len(tags), exc)
+            return
+        del self.acked[: len(tags)]
 
     def append(self, message: Any, delivery_tag: str) -> None:
         if delivery_tag in self.recorded:
@@ -87,6 +121,10 @@ class Channel(transport.Channel):
         super().__init__(*args, **kwargs)
         self._pending = ""  # the command in flight: "EVAL" or "BLMOVE"
         self._lists_empty = False  # the last pop found nothing: wait before the next one
+
+    def close(self) -> None:
+        self.qos.flush_acks()
+        super().close()
 
     def _brpop_start(self, timeout: float | None = None) -> None:
         queues = self._queue_cycle.consume(len(self.active_queues))
@@ -141,3 +179,15 @@ class Transport(kombu_redis.Transport):
     """`broker_transport = "worker.broker:Transport"`; broker URLs stay `redis://`."""
 
     Channel = Channel
+    # Set once an event loop drives the transport (a worker), which then flushes acks each turn;
+    # without one (a plain kombu consumer) an ack is sent at once, as kombu does.
+    acks_deferred = False
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        super().register_with_event_loop(connection, loop)
+        loop.on_tick.add(self._flush_acks)
+        self.acks_deferred = True
+
+    def _flush_acks(self) -> None:
+        for channel in self.channels:
+            channel.qos.flush_acks()
