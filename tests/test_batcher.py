@@ -71,11 +71,12 @@ def make_batcher(
     max_wait_s: float = 0.05,
     runtime_class: type[ModelRuntime] = ModelRuntime,
     model_threads: int = 1,
+    senders: int | None = None,
 ) -> Batcher:
     runtime = runtime_class.load(str(small_model), device="cpu", max_length=32)
     store.register_model_version(runtime.version, runtime.path)
     policy = BatchPolicy(token_budget=2048, max_wait_s=max_wait_s, max_rows=256, max_length=32)
-    return Batcher(runtime, store, policy, model_threads=model_threads).start()
+    return Batcher(runtime, store, policy, model_threads=model_threads, senders=senders).start()
 
 
 @pytest.mark.parametrize("model_threads", [1, 2])
@@ -102,6 +103,18 @@ def test_articles_of_many_tasks_share_batches_and_every_task_settles(
         assert conn.execute(select(func.count()).select_from(Prediction)).scalar_one() == 200
     assert sum(store.batch_sizes) == 200
     assert len(store.batch_sizes) < 40  # batches were formed across tasks
+
+
+def test_a_window_holding_every_senders_articles_goes_without_waiting(
+    small_model: Path, sqlite_engine: Engine
+) -> None:
+    store = CountingStore(sqlite_engine)
+    # A wait far longer than the test allows each ticket: only the senders rule can close it.
+    batcher = make_batcher(small_model, store, max_wait_s=30.0, senders=8)
+    tickets = [batcher.submit([Article(id=f"s{n}", title=f"第{n}条新闻")]) for n in range(8)]
+    assert all(ticket.wait(timeout=10) == batcher.runtime.version for ticket in tickets)
+    assert store.batch_sizes == [8]
+    batcher.close()
 
 
 def test_a_failed_batch_fails_its_tasks_and_the_batcher_keeps_serving(

@@ -147,12 +147,16 @@ class Batcher:
         watch: Watcher | None = None,
         watch_interval_s: float = 5.0,
         model_threads: int = 1,
+        senders: int | None = None,
     ) -> None:
+        """`senders`: how many threads submit, each waiting on its ticket before it submits
+        again (the Celery pool's); a window that holds a ticket of each closes at once."""
         self.runtime = runtime
         self.store = store
         self.policy = policy
         self._watch = watch
         self._watch_interval_s = watch_interval_s
+        self._senders = senders
         self._next_watch = 0.0
         self._arrivals = ArrivalRate()  # read and written by the tokenize thread only
         self._inbox: queue.Queue[Any] = queue.Queue()
@@ -240,11 +244,13 @@ class Batcher:
         arrivals.observe(first[0].arrived, len(first))
         window, tokens = list(first), sum(item.tokens for item in first)
         arrived = first[0].arrived
+        tickets = 1  # one list per task
         while tokens < policy.window_token_cap:
             now = time.monotonic()
             age, rate = now - arrived, arrivals.per_second(now)
+            left = None if self._senders is None else max(0, self._senders - tickets)
             try:
-                if policy.window_closed(tokens, len(window), age, rate):
+                if policy.window_closed(tokens, len(window), age, rate, left):
                     chunk = self._inbox.get_nowait()
                 else:
                     chunk = self._inbox.get(timeout=policy.wait_left(age, rate))
@@ -254,6 +260,7 @@ class Batcher:
                 return window, True
             arrivals.observe(chunk[0].arrived, len(chunk))
             window.extend(chunk)
+            tickets += 1
             tokens += sum(item.tokens for item in chunk)
         return window, False
 

@@ -80,6 +80,7 @@ def batcher() -> Batcher:
                 watch=promoted_runtime,
                 watch_interval_s=settings.reload_interval_s,
                 model_threads=tuned.model_threads,
+                senders=settings.concurrency,
             ).start()
         return _Singletons.batcher
 
