@@ -598,7 +598,7 @@ def parse_args() -> argparse.Namespace:
         "--processes",
         type=lambda text: [int(n) for n in text.split(",")],
         default=[1],
-        help="worker processes of the 256-article runs, e.g. 1,2 (each measured)",
+        help="worker processes of the null and 256-article runs, e.g. 1,2 (each measured)",
     )
     parser.add_argument(
         "--profile", type=Path, help="folder for py-spy profiles of the workers (256/msg runs)"
@@ -629,6 +629,29 @@ def parse_args() -> argparse.Namespace:
     # one-article messages, the naive worker and latency run on one database: PostgreSQL if listed
     args.main_db = "postgresql" if "postgresql" in args.databases else args.databases[0]
     return args
+
+
+def one_article_runs(run: Run, dirs: dict[str, str], titles: list[str], args: Any) -> None:
+    """One article per message: the null model with each --processes, events on and lean (the
+    pipeline's own ceiling on this shape), and each real model with one process."""
+    for shape, model_dir in dirs.items():
+        if shape != "null":
+            single = titles[: args.single_articles // 4]
+            run.measure(f"{shape} 1/msg", newsq_run, model_dir, args.main_db, 1, single, args)
+            continue
+        for n in args.processes:
+            for variant in ("", "lean"):
+                run.measure(
+                    f"null 1/msg x{n} {variant}",
+                    newsq_run,
+                    model_dir,
+                    args.main_db,
+                    1,
+                    titles[: args.single_articles],
+                    args,
+                    variant=variant,
+                    processes=n,
+                )
 
 
 def measure(args: argparse.Namespace) -> tuple[Run, dict[str, float], dict[str, float]]:
@@ -677,22 +700,8 @@ def measure(args: argparse.Namespace) -> tuple[Run, dict[str, float], dict[str, 
                     f"naive {shape}", naive_run, dirs[shape], titles[: args.naive_articles], args
                 ):
                     naive[shape] = case.rate
-        for shape in models if "single" in args.steps else []:
-            single = titles[
-                : args.single_articles if shape == "null" else args.single_articles // 4
-            ]
-            run.measure(f"{shape} 1/msg", newsq_run, dirs[shape], args.main_db, 1, single, args)
-            if shape == "null":
-                run.measure(
-                    "null 1/msg lean",
-                    newsq_run,
-                    dirs[shape],
-                    args.main_db,
-                    1,
-                    single,
-                    args,
-                    variant="lean",
-                )
+        if "single" in args.steps:
+            one_article_runs(run, dirs, titles, args)
     return run, ceiling, naive
 
 
