@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -71,3 +72,27 @@ def test_a_pipeline_that_fails_is_sent_again_message_by_message(
     assert "a pipeline of 5 messages failed" in caplog.text
     assert queued_ids(clean_redis) == ["before"] + [f"f-{i}" for i in range(5)]
     proxy.cut()
+
+
+@pytest.mark.services
+def test_backpressure_counts_what_a_pipeline_holds(clean_redis: str) -> None:
+    r = redis.Redis.from_url(clean_redis)
+    seen: list[int] = []
+    taken: list[Any] = []
+    done = threading.Event()
+
+    def slow_consumer() -> None:
+        while not done.is_set() or r.llen(CLASSIFY_QUEUE):
+            seen.append(r.llen(CLASSIFY_QUEUE))
+            if item := r.rpop(CLASSIFY_QUEUE):
+                taken.append(item)
+            time.sleep(0.02)
+
+    consumer = threading.Thread(target=slow_consumer)
+    consumer.start()
+    with NewsClient(clean_redis, max_queue=5) as client:
+        client.enqueue([{"id": f"b-{i}", "title": f"新闻{i}"} for i in range(30)], chunk_size=1)
+    done.set()
+    consumer.join(30)
+    assert max(seen) <= 6  # max_queue + 1, though all 30 went through one pipeline batch
+    assert [i for raw in taken for i in message_ids(raw)] == [f"b-{i}" for i in range(30)]
