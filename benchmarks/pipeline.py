@@ -554,11 +554,12 @@ def table(cases: list[Case], ceiling: dict[str, float], naive: dict[str, float])
     for c in cases:
         if c.kind == "latency":
             continue
-        label = f"{c.kind} ({c.extra['batching']})" if c.kind == "bare" else c.kind
+        notes = [c.extra["batching"]] if c.kind == "bare" else []
         if c.kind == "newsq" and c.processes > 1:
-            label += f" ({c.processes} processes)"
+            notes.append(f"{c.processes} processes")
         if c.extra.get("variant"):
-            label += f" ({VARIANTS[c.extra['variant']][0]})"
+            notes.append(VARIANTS[c.extra["variant"]][0])
+        label = f"{c.kind} ({', '.join(notes)})" if notes else c.kind
         of_bare = (
             f"{c.rate / ceiling[c.model]:.2f}" if c.kind == "newsq" and c.model in ceiling else "-"
         )

@@ -9,6 +9,7 @@ import json
 import socket
 import threading
 import time
+from urllib.parse import urlsplit
 
 from kombu.connection import Connection
 from sqlalchemy import Engine, select
@@ -124,3 +125,11 @@ class CuttableProxy:
         for sock in (src, dst):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+def redis_behind_proxy(redis_url: str) -> tuple[CuttableProxy, str]:
+    """An open proxy to the Redis of `redis_url` (redis://host:port/db), and the URL through it."""
+    url = urlsplit(redis_url)
+    proxy = CuttableProxy((url.hostname or "127.0.0.1", url.port or 6379))
+    proxy.open()
+    return proxy, f"redis://127.0.0.1:{proxy.port}{url.path}"

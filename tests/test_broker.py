@@ -18,7 +18,7 @@ from kombu.message import Message
 
 from producer.client import NewsClient
 from producer.contract import BROKER_TRANSPORT_OPTIONS, CLASSIFY_QUEUE
-from tests.helpers import wait_until
+from tests.helpers import redis_behind_proxy, wait_until
 from worker.broker import Channel, Transport
 
 
@@ -143,3 +143,28 @@ def test_closing_the_channel_sends_the_acks_not_yet_sent(
     assert r.hlen(chan.unacked_key) == 1
     chan.close()  # a worker's shutdown: no turn of the loop ends after the ack
     assert r.hlen(chan.unacked_key) == 0 and r.zcard(chan.unacked_index_key) == 0
+
+
+def test_acks_that_cannot_reach_redis_wait_for_the_next_turn(
+    clean_redis: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    r = redis.Redis.from_url(clean_redis)
+    proxy, url = redis_behind_proxy(clean_redis)
+    with Connection(url, transport=Transport, transport_options=BROKER_TRANSPORT_OPTIONS) as conn:
+        delivered: list[Message] = []
+        chan = conn.default_channel
+        chan.basic_consume(CLASSIFY_QUEUE, False, delivered.append, "test")
+        chan.client.connection = chan.client.connection_pool.get_connection()
+        chan.connection.register_with_event_loop(chan.connection, Hub())
+        send_one(clean_redis, "g-1")
+        chan._brpop_start()
+        assert chan._brpop_read() is True
+        delivered[0].ack()
+        proxy.cut()
+        chan.qos.flush_acks()  # Redis is unreachable: the ack is kept
+        assert "could not send 1 acks to Redis yet" in caplog.text
+        assert chan.qos.acked == [delivered[0].delivery_tag] and r.hlen(chan.unacked_key) == 1
+        proxy.open()
+        chan.qos.flush_acks()  # the next turn, Redis is back
+        assert chan.qos.acked == [] and r.hlen(chan.unacked_key) == 0
+    proxy.cut()

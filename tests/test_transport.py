@@ -3,7 +3,6 @@ and enqueue's pipelines of messages."""
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -15,7 +14,7 @@ import redis
 from producer import transport
 from producer.client import PIPELINE_MESSAGES, NewsClient
 from producer.contract import CLASSIFY_QUEUE
-from tests.helpers import CuttableProxy, message_ids
+from tests.helpers import message_ids, redis_behind_proxy
 
 
 @pytest.mark.services
@@ -61,10 +60,8 @@ def test_enqueue_sends_one_article_messages_in_pipelines(
 def test_a_pipeline_that_fails_is_sent_again_message_by_message(
     clean_redis: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    host, port, db = re.match(r"redis://([^:/]+):(\d+)/(\d+)", clean_redis).groups()  # type: ignore[union-attr]
-    proxy = CuttableProxy((host, int(port)))
-    proxy.open()
-    with NewsClient(f"redis://127.0.0.1:{proxy.port}/{db}") as client:
+    proxy, url = redis_behind_proxy(clean_redis)
+    with NewsClient(url) as client:
         client.enqueue([{"id": "before", "title": "之前"}], chunk_size=1)
         proxy.cut()  # Redis is unreachable when the pipeline goes out...
         threading.Timer(1.0, proxy.open).start()  # ...and back while each message is retried
