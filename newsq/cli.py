@@ -48,7 +48,10 @@ def worker(
     ] = None,
     processes_per_gpu: Annotated[
         int,
-        typer.Option(help="With --gpus: worker processes sharing each GPU (CPU work overlaps)."),
+        typer.Option(
+            help="With --gpus: worker processes sharing each GPU, or the CPU (their Python"
+            " work overlaps)."
+        ),
     ] = 1,
     metrics_port: Annotated[
         int | None,

@@ -35,6 +35,13 @@ def test_cpu_gives_one_cpu_worker_whatever_the_gpus() -> None:
     assert select_slots("CPU", 8) == [Slot(None, "cpu", "cpu")]
 
 
+def test_several_processes_can_share_the_cpu() -> None:
+    assert select_slots("cpu", 0, per_gpu=2) == [
+        Slot(None, "cpu-1", "cpu"),
+        Slot(None, "cpu-2", "cpu"),
+    ]
+
+
 @pytest.mark.parametrize(
     ("spec", "count", "message"),
     [

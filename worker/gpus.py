@@ -26,12 +26,16 @@ class Slot:
 
 def select_slots(spec: str, gpu_count: int, per_gpu: int = 1) -> list[Slot]:
     """`all`, `cpu`, or a comma-separated list of GPU indices such as `0,2`; `per_gpu` processes
-    on each (named `gpu0`, or `gpu0-1`, `gpu0-2`, ... when there are several)."""
+    on each (named `gpu0`, or `gpu0-1`, `gpu0-2`, ... when there are several; `cpu-1`, ...)."""
     if per_gpu < 1:
         raise DeviceSelectionError(f"--processes-per-gpu {per_gpu}: expected 1 or more")
     spec = spec.strip().lower()
     if spec == "cpu":
-        return [Slot(None, "cpu", "cpu")]
+        # Several CPU processes too: a stream of one-article messages is paced by each
+        # process's own Python (Celery's per-message path), not by the cores.
+        if per_gpu == 1:
+            return [Slot(None, "cpu", "cpu")]
+        return [Slot(None, f"cpu-{k}", "cpu") for k in range(1, per_gpu + 1)]
     if spec == "all":
         if gpu_count == 0:
             raise DeviceSelectionError(
