@@ -140,15 +140,15 @@ class NewsClient:
             with self._producer_for_send().batch(max_size=len(chunks)) as self._pipeline:
                 for chunk in chunks:
                     self.send_chunk(chunk, priority=priority)
+            return
         except BatchPublishError as exc:
-            self._pipeline = None
             log.warning(
                 "a pipeline of %d messages failed (%s): sending each again", len(chunks), exc
             )
-            for chunk in chunks:
-                self.send_chunk(chunk, priority=priority)
         finally:
             self._pipeline = None
+        for chunk in chunks:
+            self.send_chunk(chunk, priority=priority)
 
     def send_chunk(self, articles: Sequence[Article], *, priority: int | None = None) -> str:
         """Send one `newsq.classify` message as-is; returns the Celery task id."""

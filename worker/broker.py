@@ -101,7 +101,7 @@ class QoS(kombu_redis.QoS):
         except self.channel.connection_errors as exc:
             log.warning("could not send %d acks to Redis yet: %r", len(tags), exc)
             return
-        del self.acked[: len(tags)]
+        tags.clear()
 
     def append(self, message: Any, delivery_tag: str) -> None:
         if delivery_tag in self.recorded:
