@@ -65,7 +65,7 @@ STEPS = ("bare", "newsq", "eager", "naive", "null", "latency", "single")
 # Worker settings some cases change, by name: (what the table says, the environment).
 VARIANTS = {
     # What an operator can turn off when one-article messages arrive by the thousand per
-    # second: three task-event publishes and two INFO log lines per message.
+    # second: the three task events of each message, and INFO logging.
     "lean": (
         "events off, log WARNING",
         {"NEWSQ_TASK_EVENTS": "false", "NEWSQ_LOG_LEVEL": "WARNING"},
@@ -348,6 +348,7 @@ def scrape(pids: list[int]) -> dict[str, Any]:
         ),
         "forward_ms": round(1000 * values.get("newsq_batch_forward_seconds_sum", 0.0) / batches, 2),
         "write_ms": round(1000 * values.get("newsq_batch_write_seconds_sum", 0.0) / batches, 2),
+        "writes": int(values.get("newsq_batch_write_seconds_count", 0)),  # transactions
         "peak_rss_mb": round(peak_kib / 1024),
         # warm-up included: each new batch shape is captured once, then replayed
         "cuda_graphs": int(values.get("newsq_cuda_graph_capture_seconds_count", 0)),

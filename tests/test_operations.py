@@ -98,6 +98,23 @@ def test_metrics_and_status_after_a_job(
     assert human.returncode == 0 and worker.hostname in human.stdout
 
 
+@SQLITE_ONLY
+@pytest.mark.parametrize("log_tasks", [False, True])
+def test_per_task_log_lines_only_when_asked(
+    start_worker: WorkerFactory, engine: Engine, clean_redis: str, log_tasks: bool
+) -> None:
+    worker = start_worker(log_tasks=str(log_tasks).lower())
+    articles = titles(3, f"log-{log_tasks}")
+    with NewsClient(clean_redis) as client:
+        client.enqueue(articles, chunk_size=1)
+    wait_until(lambda: committed_count(engine, [a[0] for a in articles]) == 3)
+    worker.stop(timeout=30)  # its log is complete once it has exited
+    assert worker.log_path is not None
+    text = worker.log_path.read_text(errors="replace")
+    assert "ready." in text  # Celery's own INFO lines are kept either way
+    assert (text.count("newsq.classify[") >= 6) is log_tasks, text[-2000:]  # received + succeeded
+
+
 def test_status_never_shows_secrets() -> None:
     assert redact("redis://:s3cret@redis:6379/0") == "redis://:***@redis:6379/0"
     assert "pw" not in redact("postgresql://newsq:pw@postgres:5432/newsq")
