@@ -70,7 +70,7 @@ class Settings(BaseSettings):
         None,
         gt=0,
         description="Once a window of waiting articles closes, the batcher takes what is already"
-        " waiting up to this many token budgets, to sort by length; unset: 8 on CPU, 4 on CUDA.",
+        " waiting up to this many token budgets, to sort by length; unset: 16 on CPU, 4 on CUDA.",
     )
     max_length: int = Field(
         64, gt=2, le=512, description="Tokens per article (longer is truncated)."
