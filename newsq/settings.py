@@ -102,7 +102,8 @@ class Settings(BaseSettings):
     task_events: bool = Field(
         True,
         description="Send Celery task events from the start (Flower turns them on anyway when it"
-        " connects); off saves three Redis publishes per message.",
+        " connects); off saves building and sending the three events of each message (~240 µs"
+        " of a worker's CPU).",
     )
     log_tasks: bool = Field(
         False,
