@@ -39,6 +39,8 @@ def train_model(self: Task, **kwargs: Any) -> dict[str, Any]:
         task_id=self.request.id,
         output_dir=str(run_dir),
     )
+    # Celery's own "Received task" line is off by default (NEWSQ_LOG_TASKS): say it here, once.
+    log.info("run %s: training %s on %s", run_id, request.base_model, request.train_file)
 
     def progress(state: dict[str, Any]) -> None:
         registry.update_run(engine, run_id, progress=state)
