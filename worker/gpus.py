@@ -33,9 +33,7 @@ def select_slots(spec: str, gpu_count: int, per_gpu: int = 1) -> list[Slot]:
     if spec == "cpu":
         # Several CPU processes too: a stream of one-article messages is paced by each
         # process's own Python (Celery's per-message path), not by the cores.
-        if per_gpu == 1:
-            return [Slot(None, "cpu", "cpu")]
-        return [Slot(None, f"cpu-{k}", "cpu") for k in range(1, per_gpu + 1)]
+        return [Slot(None, name, "cpu") for name in _names("cpu", per_gpu)]
     if spec == "all":
         if gpu_count == 0:
             raise DeviceSelectionError(
@@ -60,6 +58,11 @@ def select_slots(spec: str, gpu_count: int, per_gpu: int = 1) -> list[Slot]:
                 f"--gpus {spec!r}: no GPU {', '.join(map(str, missing))} ({gpu_count} visible)"
             )
     # Inside each process the one visible GPU is cuda:0.
-    if per_gpu == 1:
-        return [Slot(str(i), f"gpu{i}", "cuda") for i in indices]
-    return [Slot(str(i), f"gpu{i}-{k}", "cuda") for i in indices for k in range(1, per_gpu + 1)]
+    return [Slot(str(i), name, "cuda") for i in indices for name in _names(f"gpu{i}", per_gpu)]
+
+
+def _names(device: str, per_device: int) -> list[str]:
+    """`gpu0` for a lone process, else `gpu0-1`, `gpu0-2`, ..."""
+    if per_device == 1:
+        return [device]
+    return [f"{device}-{k}" for k in range(1, per_device + 1)]

@@ -16,9 +16,9 @@ unit-tested without either. Measured on 2 CPU cores with the small model (benchm
   0.965, SQLite 1,051 -> 1,117/s (0.89 -> 0.92 of bare), PostgreSQL 1,055 -> 1,099/s (0.90 ->
   0.91). 32 filled 0.975 with no further gain measured. The null model (no forward pass, the
   window thread its slowest stage) lost a little: 18,331/18,417 -> 17,851/17,126 articles/s.
-  A window is taken only from what is
-  already waiting, so light load is not delayed; on a CPU tokenizing one (~3,000 titles, ~80
-  ms) is short beside the forward passes it feeds (~350 ms each, two at a time).
+  A window is taken only from what is already waiting, so light load is not delayed; on a CPU
+  tokenizing one (~3,000 titles, ~80 ms) is short beside the forward passes it feeds (~350 ms
+  each, two at a time).
 * The tokenizer's own thread pool (Rust, rayon) spins while it waits; on a CPU worker its cores
   are the model's, and turning it off raised the null-model pipeline from ~10,200 to ~11,500
   articles/s.
