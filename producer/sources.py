@@ -105,7 +105,7 @@ def to_row(line: int, fields: list[Any], raw: list[str] | str) -> Row:
     if isinstance(article_id, str):
         article_id = article_id.strip() or None
     try:
-        article = Article.model_validate(
+        article = _validate(
             {"id": article_id, "title": fields[1] or "", "content": fields[2], "source": fields[3]}
         )
     except ValidationError as exc:
