@@ -10,7 +10,7 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from producer.client import to_article
+from producer.client import ArticleLike, to_article, validated
 from producer.contract import (
     MAX_CONTENT_CHARS,
     MAX_TITLE_CHARS,
@@ -77,6 +77,18 @@ def test_client_accepts_dicts_and_tuples() -> None:
     assert to_article((None, "t")).key == article_id("t", None)
     with pytest.raises(ValueError, match="tuple"):
         to_article("just a string")
+
+
+def test_the_client_checks_a_list_of_dicts_in_one_call_as_it_would_one_by_one() -> None:
+    items: list[ArticleLike] = [
+        {"title": "t", "content": ""},  # "" content reads as absent
+        {"id": "a2", "title": "长" * (MAX_TITLE_CHARS + 5), "source": "s"},  # cut, not refused
+    ]
+    assert validated(items) == [to_article(item) for item in items]
+    assert validated([*items, ("a3", "t")])[2].key == "a3"  # tuples take the slow path
+    with pytest.raises(ValueError) as info:
+        validated([*items, {"title": " "}, {"title": 42}])
+    assert str(info.value).startswith("article 2: ") and "input_value=' '" in str(info.value)
 
 
 def test_importing_the_producer_does_not_import_torch_or_transformers() -> None:
