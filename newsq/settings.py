@@ -96,8 +96,9 @@ class Settings(BaseSettings):
     max_deliveries: int = Field(
         5,
         gt=0,
-        description="Deliveries of one message (redeliveries after its worker died included)"
-        " before its articles are dead-lettered as rejects instead of being tried again.",
+        description="Deaths of a message's worker while classifying it (its first delivery, then"
+        " each redelivery, classified alone) before its articles are dead-lettered as rejects"
+        " instead of being tried again.",
     )
     task_events: bool = Field(
         True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -115,6 +115,41 @@ def test_a_window_holding_every_senders_articles_goes_without_waiting(
     assert all(ticket.wait(timeout=10) == batcher.runtime.version for ticket in tickets)
     assert store.batch_sizes == [8]
     batcher.close()
+
+
+class WindowLog(ModelRuntime):
+    """The real runtime, logging the titles of each window it tokenizes."""
+
+    windows: ClassVar[list[list[str]]] = []
+
+    def encode(self, pairs: Sequence[tuple[str, str | None]]) -> Encoded:
+        self.windows.append([title for title, _ in pairs])
+        return super().encode(pairs)
+
+
+def test_an_alone_task_is_tokenized_and_batched_by_itself(
+    small_model: Path, sqlite_engine: Engine
+) -> None:
+    store = CountingStore(sqlite_engine)
+    # A long wait: every task below is submitted while the first window still waits for company.
+    batcher = make_batcher(small_model, store, max_wait_s=2.0, runtime_class=WindowLog)
+    WindowLog.windows = []
+    sizes = {"a": 3, "b": 2, "suspect": 4, "c": 2, "d": 1}
+
+    def titles(task: str) -> list[str]:
+        return [f"{task}新闻{i}" for i in range(sizes[task])]
+
+    tickets = [
+        batcher.submit([Article(title=t) for t in titles(task)], alone=task == "suspect")
+        for task in sizes
+    ]
+    assert all(ticket.wait(timeout=30) == batcher.runtime.version for ticket in tickets)
+    batcher.close()
+    assert WindowLog.windows == [
+        titles("a") + titles("b"),
+        titles("suspect"),  # it closed the window before it, and nothing joined its own
+        titles("c") + titles("d"),
+    ]
 
 
 def test_a_failed_batch_fails_its_tasks_and_the_batcher_keeps_serving(

@@ -50,7 +50,8 @@ class Ticket:
     and waiting on one per task was a fifth of a worker's GIL time with one-article messages.
     """
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, *, alone: bool = False) -> None:
+        self.alone = alone  # its articles are batched by themselves (Batcher.submit)
         self._remaining = count
         self._lock = threading.Lock()
         self._gate = threading.Lock()
@@ -159,6 +160,7 @@ class Batcher:
         self._senders = senders
         self._next_watch = 0.0
         self._arrivals = ArrivalRate()  # read and written by the tokenize thread only
+        self._deferred: list[_Item] | None = None  # an alone task's items, next window's own
         self._inbox: queue.Queue[Any] = queue.Queue()
         # One batch prepared ahead of each model thread; scored batches wait for the writer,
         # which takes all that are waiting at once (see _collect_writes).
@@ -177,10 +179,12 @@ class Batcher:
             thread.start()
         return self
 
-    def submit(self, articles: Sequence[Article]) -> Ticket:
+    def submit(self, articles: Sequence[Article], *, alone: bool = False) -> Ticket:
+        """`alone`: tokenize and run these articles in windows and forward passes of their own,
+        so that a crash of the process while they are in hand is theirs (worker/tasks.py)."""
         if self._closed:
             raise RuntimeError("batcher is closed")
-        ticket = Ticket(len(articles))
+        ticket = Ticket(len(articles), alone=alone)
         now = time.monotonic()
         estimate = self.policy.estimate_tokens
         items = [
@@ -202,7 +206,7 @@ class Batcher:
 
     # -- stage 1: collect a window, sort and cut it, tokenize and pad ---------------------------
     def _tokenize_loop(self) -> None:
-        while (first := self._inbox.get()) is not _STOP:
+        while (first := self._next_chunk()) is not _STOP:
             window, stopping = self._collect_window(first)
             self._maybe_switch_model()
             try:
@@ -236,13 +240,22 @@ class Batcher:
             self.runtime = fresh
             metrics.MODEL.info({"version": fresh.version, "device": str(fresh.device)})
 
+    def _next_chunk(self) -> Any:
+        """The items of the next task (or _STOP): an alone task set aside by the last window
+        first."""
+        chunk, self._deferred = self._deferred, None
+        return chunk if chunk is not None else self._inbox.get()
+
     def _collect_window(self, first: list[_Item]) -> tuple[list[_Item], bool]:
         """Wait for company while the policy expects some (BatchPolicy.wait_left), then take only
         what is already waiting (up to a few budgets), so that sorting has material under load.
-        The inbox holds one list of items per task."""
+        The inbox holds one list of items per task. An alone task is a window of its own: met
+        while collecting, it closes the window and is set aside for the next."""
         policy, arrivals = self.policy, self._arrivals
         arrivals.observe(first[0].arrived, len(first))
         window, tokens = list(first), sum(item.tokens for item in first)
+        if first[0].ticket.alone:
+            return window, False
         arrived = first[0].arrived
         tickets = 1  # one list per task
         while tokens < policy.window_token_cap:
@@ -258,6 +271,9 @@ class Batcher:
                 break
             if chunk is _STOP:
                 return window, True
+            if chunk[0].ticket.alone:
+                self._deferred = chunk
+                break
             arrivals.observe(chunk[0].arrived, len(chunk))
             window.extend(chunk)
             tickets += 1

@@ -8,6 +8,7 @@ the last retry its articles become reject rows, so nothing disappears without a 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from celery import Task
@@ -36,9 +37,24 @@ MAX_RETRIES = 12
 )
 def classify(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     intake = parse_message(args, kwargs)
-    message_id = self.request.id
-    if (self.request.delivery_info or {}).get("redelivered"):
-        deliveries = 1 + count_redelivery(self)
+    if (self.request.delivery_info or {}).get("redelivered") and intake.articles:
+        with _SUSPECTS:
+            return _classify(self, intake, suspect=True)
+    return _classify(self, intake, suspect=False)
+
+
+# A redelivered message (its worker died while holding it) is a suspect: suspects are
+# classified one at a time, each in forward passes of its own, and a death is counted against
+# a message only then. Every message a dying worker held comes back redelivered; counted at
+# arrival, the culprit's deaths were counted against all of them, and innocent messages were
+# dead-lettered beside it.
+_SUSPECTS = threading.Lock()
+
+
+def _classify(task: Task, intake: Intake, *, suspect: bool) -> dict[str, Any]:
+    message_id = task.request.id
+    if suspect:
+        deliveries = 1 + count_redelivery(task)
         if deliveries > get_settings().max_deliveries:
             return _dead_letter(intake, message_id, deliveries)
     try:
@@ -46,20 +62,20 @@ def classify(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         metrics.REJECTS.inc(len(intake.rejects))
         version, poisoned = None, []
         if intake.articles:
-            ticket = services.batcher().submit(intake.articles)
+            ticket = services.batcher().submit(intake.articles, alone=suspect)
             version = ticket.wait(get_settings().task_timeout)
             poisoned = article_rejects(intake, ticket.rejected)
             services.store().write_rejects(poisoned, message_id)
             metrics.REJECTS.inc(len(poisoned))
     except Exception as exc:
-        if self.request.retries >= MAX_RETRIES:
+        if task.request.retries >= MAX_RETRIES:
             _give_up(intake, message_id, exc)
             raise
-        countdown = min(2**self.request.retries, 60)
+        countdown = min(2**task.request.retries, 60)
         log.warning(
-            "message %s: %s; retry %d in %ds", message_id, exc, self.request.retries + 1, countdown
+            "message %s: %s; retry %d in %ds", message_id, exc, task.request.retries + 1, countdown
         )
-        raise self.retry(exc=exc, countdown=countdown) from exc
+        raise task.retry(exc=exc, countdown=countdown) from exc
     return {
         "stored": len(intake.articles) - len(poisoned),
         "rejected": len(intake.rejects) + len(poisoned),
@@ -81,8 +97,9 @@ def article_rejects(intake: Intake, reasons: list[tuple[int, str]]) -> list[Reje
 
 
 def count_redelivery(task: Task) -> int:
-    """How often this message (this retry of it) came back unacked: kombu marks a message
-    restored from a dead worker as redelivered; Redis keeps the count (a week)."""
+    """How often this message (this retry of it) was classified as a suspect, this time
+    included: kombu marks a message restored from a dead worker as redelivered; Redis keeps the
+    count (a week). The first delivery, classified beside others, is the 1 the caller adds."""
     key = f"newsq:redeliveries:{task.request.id}:{task.request.retries}"
     with task.app.connection_for_write() as connection:
         client = connection.default_channel.client
@@ -91,11 +108,11 @@ def count_redelivery(task: Task) -> int:
 
 
 def _dead_letter(intake: Intake, message_id: str, deliveries: int) -> dict[str, Any]:
-    """A message whose worker keeps dying while holding it: record its articles as rejects and
-    ack it, instead of letting it take down every worker that picks it up."""
+    """A message whose worker keeps dying while classifying it alone: record its articles as
+    rejects and ack it, instead of letting it take down every worker that picks it up."""
     reason = (
-        f"dead-lettered: delivered {deliveries} times without finishing (the worker holding it"
-        " died each time; NEWSQ_MAX_DELIVERIES)"
+        f"dead-lettered: its worker died {deliveries - 1} times while classifying it,"
+        f" {deliveries - 2} of them with nothing else in its batches (NEWSQ_MAX_DELIVERIES)"
     )
     every = [(i, reason) for i in range(len(intake.articles))]
     rejects = intake.rejects + article_rejects(intake, every)
