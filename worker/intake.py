@@ -10,14 +10,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from db.store import RejectRecord, storable
-from producer.contract import MAX_ID_CHARS, Article, ClassifyKwargs, describe
+from producer.contract import ARTICLE_LIST, MAX_ID_CHARS, Article, ClassifyKwargs, describe
 
 WHOLE_MESSAGE = -1
 MAX_PAYLOAD_CHARS = 200_000
-_ARTICLES = TypeAdapter(list[Article])
 
 
 @dataclass(slots=True)
@@ -66,7 +65,7 @@ def parse_message(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Intake:
         return intake
     try:
         # The common case, a message without a bad article, in one call into pydantic-core.
-        intake.articles = _ARTICLES.validate_python(message.articles)
+        intake.articles = ARTICLE_LIST.validate_python(message.articles)
         intake.positions = list(range(len(intake.articles)))
         return intake
     except ValidationError:

@@ -26,6 +26,13 @@ log = logging.getLogger(__name__)
 
 MAX_RETRIES = 12
 
+# A redelivered message (its worker died while holding it) is a suspect: suspects are
+# classified one at a time, each in forward passes of its own, and a death is counted against
+# a message only then. Every message a dying worker held comes back redelivered; counted at
+# arrival, the culprit's deaths were counted against all of them, and innocent messages were
+# dead-lettered beside it.
+_SUSPECTS = threading.Lock()
+
 
 @app.task(
     name=CLASSIFY_TASK,
@@ -41,14 +48,6 @@ def classify(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         with _SUSPECTS:
             return _classify(self, intake, suspect=True)
     return _classify(self, intake, suspect=False)
-
-
-# A redelivered message (its worker died while holding it) is a suspect: suspects are
-# classified one at a time, each in forward passes of its own, and a death is counted against
-# a message only then. Every message a dying worker held comes back redelivered; counted at
-# arrival, the culprit's deaths were counted against all of them, and innocent messages were
-# dead-lettered beside it.
-_SUSPECTS = threading.Lock()
 
 
 def _classify(task: Task, intake: Intake, *, suspect: bool) -> dict[str, Any]:
