@@ -320,6 +320,15 @@ def articles_for(titles: list[str], tag: str) -> list[dict[str, str]]:
     return [{"id": f"{tag}-{i}", "title": title} for i, title in enumerate(titles)]
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes have used so far (all their threads)."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def scrape(pids: list[int]) -> dict[str, Any]:
     """Batch statistics from the workers' /metrics (summed), and the largest peak RSS of them
     from /proc."""
@@ -383,15 +392,19 @@ def newsq_run(
         name = f"{Path(model_dir).name}-{kind}-x{processes}{variant and '-' + variant}"
         name = name if per_message > 1 else ""
         with profiled(pids[0], args.profile, name):
+            cpu_before = cpu_seconds(pids)
             started = time.perf_counter()
             client.enqueue(articles_for(titles, "bench"), chunk_size=per_message)
             enqueued = time.perf_counter() - started
             total = len(warm) + len(titles)
             done = wait_rows(engine, "predictions", total, args.timeout, serial="id")
+            worker_cpu = cpu_seconds(pids) - cpu_before
         case = Case("newsq", Path(model_dir).name, kind, per_message, processes, len(titles))
         case.seconds = done - started
         case.extra = {
             "enqueue_per_s": round(len(titles) / enqueued),
+            # what one article cost the workers, whatever else shared the cores
+            "worker_cpu_us": round(1e6 * worker_cpu / len(titles), 1),
             "variant": variant,
             **scrape(pids),
         }
@@ -549,8 +562,8 @@ def table(cases: list[Case], ceiling: dict[str, float], naive: dict[str, float])
     lines = [
         "| case | model | database | articles/msg | articles | articles/s (range of rounds) "
         "| of bare ceiling "
-        "| vs naive | rows/batch | fill | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| vs naive | rows/batch | fill | worker CPU µs/article | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cases:
         if c.kind == "latency":
@@ -573,7 +586,8 @@ def table(cases: list[Case], ceiling: dict[str, float], naive: dict[str, float])
         lines.append(
             f"| {label} | {c.model} | {c.database} | {c.per_message or '-'} | {c.articles:,} "
             f"| {rate} | {of_bare} | {vs_naive} | {c.extra.get('mean_rows', '-')} "
-            f"| {c.extra.get('fill', '-')} | {c.extra.get('peak_rss_mb', '-')} |"
+            f"| {c.extra.get('fill', '-')} | {c.extra.get('worker_cpu_us', '-')} "
+            f"| {c.extra.get('peak_rss_mb', '-')} |"
         )
     return "\n".join(lines)
 

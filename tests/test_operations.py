@@ -12,11 +12,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from base64 import b64encode
+from base64 import b64decode, b64encode
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import torch
 import typer
 from sqlalchemy import Engine
@@ -28,6 +29,7 @@ from producer.contract import CLASSIFY_QUEUE, CLASSIFY_TASK
 from producer.status import redact
 from tests.conftest import ROOT, WorkerFactory, run_cli
 from tests.helpers import free_port, titles, wait_until
+from worker.events import FLUSH_INTERVAL
 
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -184,6 +186,45 @@ FLOWER_ARGS = [
     "--port=5555",
     "--basic-auth=${FLOWER_USER:-admin}:${FLOWER_PASSWORD:?set FLOWER_PASSWORD}",
 ]
+
+TASK_EVENTS = {"task-received", "task-started", "task-succeeded"}
+
+
+@SQLITE_ONLY
+def test_task_events_reach_monitors_in_batches_on_a_timer(
+    start_worker: WorkerFactory, clean_redis: str
+) -> None:
+    """Each message's three task events are published, in one `task.multi` message per timer
+    tick: Celery's own buffer was flushed nearly every event (~0.3 publishes a message)."""
+    start_worker()
+    listener = redis.Redis.from_url(clean_redis).pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+    listener.psubscribe("*celeryev*")
+    listener.get_message(timeout=5)  # the subscription is live from here
+    seen: dict[str, set[str]] = {}
+    publishes: list[float] = []  # arrival times of the messages that carry task events
+    with NewsClient(clean_redis) as client:
+        client.enqueue(titles(300, f"events-{time.monotonic_ns()}"), chunk_size=1)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (
+            len(seen) < 300 or not all(types >= TASK_EVENTS for types in seen.values())
+        ):
+            message = listener.get_message(timeout=1)
+            if message is None:
+                continue
+            envelope = json.loads(message["data"])
+            body = json.loads(b64decode(envelope["body"]))
+            events = body if isinstance(body, list) else [body]
+            tasks = [e for e in events if e["type"].startswith("task-")]
+            if tasks:
+                publishes.append(time.monotonic())
+            for event in tasks:
+                seen.setdefault(event["uuid"], set()).add(event["type"])
+    listener.close()
+    assert len(seen) == 300
+    assert all(types >= TASK_EVENTS for types in seen.values())
+    # One flush per tick at most: the span between the first and last holds that many ticks.
+    ticks = (publishes[-1] - publishes[0]) / FLUSH_INTERVAL
+    assert len(publishes) <= ticks + 2, (len(publishes), ticks)
 
 
 @SQLITE_ONLY

@@ -27,7 +27,12 @@ from worker import serializer
 def create_app(settings: Settings) -> Celery:
     serializer.install()
     restore_interval = max(1, min(10, settings.visibility_timeout // 4))
-    app = Celery("newsq", broker=settings.broker_url, include=["worker.tasks", "worker.train_task"])
+    app = Celery(
+        "newsq",
+        broker=settings.broker_url,
+        include=["worker.tasks", "worker.train_task"],
+        events="worker.events:Events",
+    )
     app.conf.update(
         # Contract: JSON only; a pickled message is refused before it is deserialized.
         task_serializer=SERIALIZER,

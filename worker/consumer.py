@@ -13,6 +13,7 @@ from celery.worker.consumer import Consumer
 
 from db.store import RejectRecord
 from worker import metrics, services
+from worker.events import TimedEventFlush
 from worker.intake import WHOLE_MESSAGE, cut_payload
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ def _record(message: Any, reason: str) -> None:
         log.exception("could not record a reject row for message %s", message_id)
 
 
-class RejectingConsumer(Consumer):  # type: ignore[misc]
+class RejectingConsumer(TimedEventFlush, Consumer):  # type: ignore[misc]
     def on_decode_error(self, message: Any, exc: BaseException) -> None:
         _record(message, f"message body could not be decoded ({message.content_type}): {exc}")
         super().on_decode_error(message, exc)
