@@ -320,13 +320,37 @@ def articles_for(titles: list[str], tag: str) -> list[dict[str, str]]:
     return [{"id": f"{tag}-{i}", "title": title} for i, title in enumerate(titles)]
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time the processes have used so far (all their threads)."""
-    ticks = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
+@dataclass(frozen=True)
+class CpuClock:
+    """CPU time so far: of the worker processes (all threads), of this process (the client
+    enqueueing and polling), and of the whole machine (busy and all ticks, from /proc/stat)."""
+
+    workers: float
+    client: float
+    machine_busy: float
+    machine_total: float
+
+    @classmethod
+    def read(cls, pids: list[int]) -> CpuClock:
+        tick = os.sysconf("SC_CLK_TCK")
+        workers = 0
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            workers += int(fields[11]) + int(fields[12])  # utime, stime
+        # cpu  user nice system idle iowait irq softirq steal ...
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        idle = ticks[3] + ticks[4]
+        return cls(workers / tick, time.process_time(), sum(ticks) - idle, sum(ticks))
+
+    def since(self, before: CpuClock, articles: int) -> dict[str, float]:
+        """Worker and client CPU µs per article, and how busy the machine's cores were: where
+        a rate is bound by the cores (busy near 1) or by something that waits (well below)."""
+        total = self.machine_total - before.machine_total
+        return {
+            "worker_cpu_us": round(1e6 * (self.workers - before.workers) / articles, 1),
+            "client_cpu_us": round(1e6 * (self.client - before.client) / articles, 1),
+            "cores_busy": round((self.machine_busy - before.machine_busy) / (total or 1), 3),
+        }
 
 
 def scrape(pids: list[int]) -> dict[str, Any]:
@@ -392,19 +416,18 @@ def newsq_run(
         name = f"{Path(model_dir).name}-{kind}-x{processes}{variant and '-' + variant}"
         name = name if per_message > 1 else ""
         with profiled(pids[0], args.profile, name):
-            cpu_before = cpu_seconds(pids)
+            cpu_before = CpuClock.read(pids)
             started = time.perf_counter()
             client.enqueue(articles_for(titles, "bench"), chunk_size=per_message)
             enqueued = time.perf_counter() - started
             total = len(warm) + len(titles)
             done = wait_rows(engine, "predictions", total, args.timeout, serial="id")
-            worker_cpu = cpu_seconds(pids) - cpu_before
+            cpu = CpuClock.read(pids).since(cpu_before, len(titles))
         case = Case("newsq", Path(model_dir).name, kind, per_message, processes, len(titles))
         case.seconds = done - started
         case.extra = {
             "enqueue_per_s": round(len(titles) / enqueued),
-            # what one article cost the workers, whatever else shared the cores
-            "worker_cpu_us": round(1e6 * worker_cpu / len(titles), 1),
+            **cpu,
             "variant": variant,
             **scrape(pids),
         }
@@ -562,8 +585,8 @@ def table(cases: list[Case], ceiling: dict[str, float], naive: dict[str, float])
     lines = [
         "| case | model | database | articles/msg | articles | articles/s (range of rounds) "
         "| of bare ceiling "
-        "| vs naive | rows/batch | fill | worker CPU µs/article | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| vs naive | rows/batch | fill | worker CPU µs/article | cores busy | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cases:
         if c.kind == "latency":
@@ -587,7 +610,7 @@ def table(cases: list[Case], ceiling: dict[str, float], naive: dict[str, float])
             f"| {label} | {c.model} | {c.database} | {c.per_message or '-'} | {c.articles:,} "
             f"| {rate} | {of_bare} | {vs_naive} | {c.extra.get('mean_rows', '-')} "
             f"| {c.extra.get('fill', '-')} | {c.extra.get('worker_cpu_us', '-')} "
-            f"| {c.extra.get('peak_rss_mb', '-')} |"
+            f"| {c.extra.get('cores_busy', '-')} | {c.extra.get('peak_rss_mb', '-')} |"
         )
     return "\n".join(lines)
 
