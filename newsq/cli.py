@@ -70,13 +70,19 @@ def worker(
 
     if CLASSIFY_QUEUE in queues.split(","):
         runtime = services.batcher().runtime  # load the model first: a broken one fails here
+        device_type = runtime.device.type
         if settings.metrics_port:
-            serve_metrics(settings, runtime.device.type == "cuda")
+            serve_metrics(settings, device_type == "cuda")
+    else:
+        from worker.model import resolve_device
+
+        device_type = resolve_device(settings.device).type
+    threads = services.tuning_for(settings, device_type).task_threads
     celery_app.worker_main(
         [
             "worker",
             "--pool=threads",
-            f"--concurrency={settings.concurrency}",
+            f"--concurrency={threads}",
             f"--queues={queues}",
             f"--hostname={hostname}",
             f"--loglevel={settings.log_level}",

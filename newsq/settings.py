@@ -75,8 +75,11 @@ class Settings(BaseSettings):
     max_length: int = Field(
         64, gt=2, le=512, description="Tokens per article (longer is truncated)."
     )
-    concurrency: int = Field(
-        64, gt=0, description="Worker threads; each holds one message while its rows are written."
+    concurrency: int | None = Field(
+        None,
+        gt=0,
+        description="Task threads; each holds one message until its rows are committed; unset:"
+        " 128 on CPU, 64 on CUDA.",
     )
     model_threads: int | None = Field(
         None,

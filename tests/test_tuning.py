@@ -8,9 +8,11 @@ from newsq.settings import Settings
 from worker.services import policy_from, tuning_for
 from worker.tuning import (
     CPU_MAX_ROWS,
+    CPU_TASK_THREADS,
     CPU_TOKEN_BUDGET,
     CPU_WINDOW_BUDGETS,
     CUDA_MAX_ROWS,
+    CUDA_TASK_THREADS,
     CUDA_TOKEN_BUDGET,
     CUDA_WINDOW_BUDGETS,
     Tuning,
@@ -27,6 +29,7 @@ def test_a_cpu_worker_runs_one_single_threaded_forward_pass_per_core() -> None:
         model_threads=2,
         torch_threads=1,
         tokenizer_parallelism=False,
+        task_threads=CPU_TASK_THREADS,
     )
 
 
@@ -38,6 +41,7 @@ def test_a_cuda_worker_runs_one_forward_pass_and_lets_the_tokenizer_use_the_core
         model_threads=1,
         torch_threads=16,
         tokenizer_parallelism=True,
+        task_threads=CUDA_TASK_THREADS,
     )
 
 
@@ -50,6 +54,7 @@ def test_settings_override_every_default() -> None:
         window_budgets=2,
         model_threads=2,
         tokenizer_parallelism=True,
+        task_threads=16,
     )
     assert tuned == Tuning(
         token_budget=1000,
@@ -58,6 +63,7 @@ def test_settings_override_every_default() -> None:
         model_threads=2,
         torch_threads=4,
         tokenizer_parallelism=True,
+        task_threads=16,
     )
 
 
@@ -77,3 +83,11 @@ def test_the_worker_builds_its_batch_policy_from_the_settings() -> None:
     policy = policy_from(settings, tuning_for(settings, "cpu"), pad_multiple=8)
     assert policy.token_budget == 1000 and policy.window_token_cap == 3000
     assert (policy.max_rows, policy.max_wait_s, policy.pad_multiple) == (64, 0.005, 8)
+
+
+def test_a_cpu_worker_holds_more_messages_than_a_cuda_worker_unless_told() -> None:
+    """Slow CPU forward passes need a second window filling while one is scored."""
+    assert CPU_TASK_THREADS > CUDA_TASK_THREADS
+    assert tuning_for(Settings(), "cpu").task_threads == CPU_TASK_THREADS
+    assert tuning_for(Settings(), "cuda").task_threads == CUDA_TASK_THREADS
+    assert tuning_for(Settings(concurrency=8), "cpu").task_threads == 8

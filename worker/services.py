@@ -45,6 +45,7 @@ def tuning_for(settings: Settings, device_type: str) -> tuning.Tuning:
         window_budgets=settings.window_budgets,
         model_threads=settings.model_threads,
         tokenizer_parallelism=settings.tokenizer_parallelism,
+        task_threads=settings.concurrency,
     )
 
 
@@ -80,7 +81,7 @@ def batcher() -> Batcher:
                 watch=promoted_runtime,
                 watch_interval_s=settings.reload_interval_s,
                 model_threads=tuned.model_threads,
-                senders=settings.concurrency,
+                senders=tuned.task_threads,
             ).start()
         return _Singletons.batcher
 

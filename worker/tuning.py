@@ -22,16 +22,23 @@ unit-tested without either. Measured on 2 CPU cores with the small model (benchm
 * The tokenizer's own thread pool (Rust, rayon) spins while it waits; on a CPU worker its cores
   are the model's, and turning it off raised the null-model pipeline from ~10,200 to ~11,500
   articles/s.
+* 128 task threads (messages in hand) instead of 64: with one-article messages a window closes
+  once every thread has a message in it, and a thread waits until its rows are committed, so 64
+  threads kept one window in flight at a time and the cores waited on each forward pass (0.57
+  of 2 busy). Small model, PostgreSQL, one-article messages: 380/407 -> 552/557 articles/s (256
+  threads: 569/583); 256-article messages unchanged (1,058/1,060 vs 1,054/1,054 with 256); the
+  null model, which has no forward pass to wait for, about even (1,812 vs 1,547/1,883).
 
-On CUDA the model runs on the GPU: one model thread (one stream), and the tokenizer free to use
-the idle cores. An eager GPU batch of titles is bound by kernel launches, not arithmetic, until it
-is large: measured on one H200 with the bert-base shape in bf16 (benchmarks/gpu.sh), 20,500
-articles/s at batch 256, 35,600 at 512, 52,400 at 1,024, and 23,900 with a budget of 8,192 tokens
-(~400 rows): hence a budget of 32,768 tokens and up to 2,048 rows. Replayed as CUDA graphs
-(worker/cuda_graphs.py) small batches cost far less (66,530 at 256, 75,703 at 1,024, 77,830 at
-2,048), and the large budget still gives the best rate with the fewest batch shapes to capture.
-Windows stay at 4 budgets there, as measured: the GPU waits while the tokenizer cuts the next
-window, so a longer window is a longer wait (not yet measured on a GPU).
+On CUDA the model runs on the GPU: one model thread (one stream), the tokenizer free to use the
+idle cores, and 64 task threads (a forward pass takes milliseconds there, not one window's wait;
+128 not yet measured on a GPU). An eager GPU batch of titles is bound by kernel launches, not
+arithmetic, until it is large: measured on one H200 with the bert-base shape in bf16
+(benchmarks/gpu.sh), 20,500 articles/s at batch 256, 35,600 at 512, 52,400 at 1,024, and 23,900
+with a budget of 8,192 tokens (~400 rows): hence a budget of 32,768 tokens and up to 2,048 rows.
+Replayed as CUDA graphs (worker/cuda_graphs.py) small batches cost far less (66,530 at 256, 75,703
+at 1,024, 77,830 at 2,048), and the large budget still gives the best rate with the fewest batch
+shapes to capture. Windows stay at 4 budgets there, as measured: the GPU waits while the tokenizer
+cuts the next window, so a longer window is a longer wait (not yet measured on a GPU).
 """
 
 from __future__ import annotations
@@ -49,6 +56,8 @@ CPU_MAX_ROWS = 512
 CUDA_MAX_ROWS = 2048
 CPU_WINDOW_BUDGETS = 16
 CUDA_WINDOW_BUDGETS = 4
+CPU_TASK_THREADS = 128
+CUDA_TASK_THREADS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +68,7 @@ class Tuning:
     model_threads: int  # forward passes running side by side
     torch_threads: int  # intra-op threads of each
     tokenizer_parallelism: bool
+    task_threads: int  # Celery's thread pool: messages held at once
 
 
 def resolve(
@@ -70,6 +80,7 @@ def resolve(
     window_budgets: int | None = None,
     model_threads: int | None = None,
     tokenizer_parallelism: bool | None = None,
+    task_threads: int | None = None,
 ) -> Tuning:
     """Fill what the settings leave unset (None) with the measured defaults above."""
     cuda = device_type == "cuda"
@@ -81,6 +92,7 @@ def resolve(
         model_threads=threads,
         torch_threads=max(1, cores // threads),
         tokenizer_parallelism=cuda if tokenizer_parallelism is None else tokenizer_parallelism,
+        task_threads=task_threads or (CUDA_TASK_THREADS if cuda else CPU_TASK_THREADS),
     )
 
 
