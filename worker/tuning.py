@@ -26,8 +26,11 @@ unit-tested without either. Measured on 2 CPU cores with the small model (benchm
   once every thread has a message in it, and a thread waits until its rows are committed, so 64
   threads kept one window in flight at a time and the cores waited on each forward pass (0.57
   of 2 busy). Small model, PostgreSQL, one-article messages: 380/407 -> 552/557 articles/s (256
-  threads: 569/583); 256-article messages unchanged (1,058/1,060 vs 1,054/1,054 with 256); the
-  null model, which has no forward pass to wait for, about even (1,812 vs 1,547/1,883).
+  threads: 569/583); 256-article messages unchanged (1,058/1,060 vs 1,054/1,054 with 256). The
+  null model, which has no forward pass to wait for, pays for the extra threads in interpreter
+  time instead: one process about even (1,812 vs 1,547/1,883), two processes (256 threads on 2
+  cores) 2,239/2,581 -> 1,894/2,104 one-article messages/s. Served models are what the default
+  is for; a very cheap model on a CPU may want NEWSQ_CONCURRENCY=64.
 
 On CUDA the model runs on the GPU: one model thread (one stream), the tokenizer free to use the
 idle cores, and 64 task threads (a forward pass takes milliseconds there, not one window's wait;
