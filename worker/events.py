@@ -4,9 +4,10 @@ Celery buffers a worker's task events (received, started, succeeded: three a mes
 each one, asks the event loop to flush the buffer soon; from a task thread that request wakes
 the loop, so a flush followed nearly every event: a publish (JSON and a Redis round trip on the
 loop thread) per ~10 events, and a buffer of 24 that a task thread flushes itself, under the
-dispatcher's lock the other 63 threads then wait on. With one-article messages that was ~200-300
-µs of worker CPU a message, the largest cost of the message after Celery's own path: null model,
-PostgreSQL, events on 1,012-1,478 messages/s against 1,779-1,901 off.
+dispatcher's lock the other task threads then wait on. With one-article messages that was
+~200-300 µs of worker CPU a message, the largest cost of the message after Celery's own path:
+null model, PostgreSQL, one process, events on 1,012-1,478 messages/s against 1,779-1,901 off;
+with the timer 1,706-1,762 (worker CPU 642-740 -> 477-489 µs a message; events off 429-466).
 
 Here the loop flushes every `FLUSH_INTERVAL` seconds, one `task.multi` message per flush (the
 batch Celery's receivers, Flower's among them, already read), and a task thread flushes only if
