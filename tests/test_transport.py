@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import kombu.messaging
 import pytest
 import redis
 
@@ -93,3 +94,21 @@ def test_backpressure_counts_what_a_pipeline_holds(clean_redis: str) -> None:
     consumer.join(30)
     assert max(seen) <= 6  # max_queue + 1, though all 30 went through one pipeline batch
     assert [i for raw in taken for i in message_ids(raw)] == [f"b-{i}" for i in range(30)]
+
+
+@pytest.mark.services
+def test_a_message_is_sent_without_declaring_the_queue(
+    clean_redis: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    declared: list[Any] = []
+    original = kombu.messaging.maybe_declare
+
+    def counting(entity: Any, *args: Any, **kwargs: Any) -> Any:
+        declared.append(entity)
+        return original(entity, *args, **kwargs)
+
+    monkeypatch.setattr(kombu.messaging, "maybe_declare", counting)
+    with NewsClient(clean_redis) as client:
+        client.enqueue([{"id": f"d-{i}", "title": f"新闻{i}"} for i in range(5)], chunk_size=1)
+    assert declared == []
+    assert queued_ids(clean_redis) == [f"d-{i}" for i in range(5)]
