@@ -2,8 +2,10 @@
 # benchmarks/run on one GPU: the bert-base shape in bf16 alone with a batch-size sweep (CUDA
 # graphs on and off), newsq end to end (bert-base and the null model; PostgreSQL and SQLite; 1, 4
 # and 8 worker processes sharing the GPU), the naive worker and light-load latency; PROFILE=1
-# adds py-spy profiles of the workers (profiles.tgz). MODELS, PROCESSES, DATABASES, BATCH_SIZES,
-# STEPS (a part of the run, e.g. latency,newsq), BUDGET... override the defaults below. Self-contained, for a machine without internet whose
+# adds py-spy profiles of the workers (profiles.tgz). Four producer processes enqueue in parallel
+# (PRODUCERS): one client sent 56,000-96,000 articles/s there, less than the bare model does.
+# MODELS, PROCESSES, DATABASES, BATCH_SIZES, STEPS (a part of the run, e.g. latency,newsq),
+# BUDGET... override the defaults below. Self-contained, for a machine without internet whose
 # python3 has CUDA PyTorch and transformers (the device tool's image):
 #
 #   benchmarks/gpu.sh prepare     # here, with internet: wheels for the rest + the data, ignored
@@ -71,7 +73,7 @@ status=0
 timeout "${BENCH_TIMEOUT:-450}" "$python" -m benchmarks.pipeline \
   --device "$device" --models "${MODELS:-base,null}" \
   --databases "${DATABASES:-${pg_url:+postgresql,}sqlite}" ${pg_url:+--pg-url "$pg_url"} \
-  --processes "${PROCESSES:-1,4,8}" --batch-sizes "${BATCH_SIZES:-1,256,1024,2048}" \
+  --processes "${PROCESSES:-1,4,8}" --producers "${PRODUCERS:-4}" --batch-sizes "${BATCH_SIZES:-1,256,1024,2048}" \
   --null-articles "${NULL_ARTICLES:-200000}" --model-articles "${MODEL_ARTICLES:-100000}" \
   --single-articles "${SINGLE_ARTICLES:-10000}" --naive-articles "${NAIVE_ARTICLES:-500}" \
   --latency-seconds 10 --rounds 1 --budget "${BUDGET:-400}" --timeout 120 \

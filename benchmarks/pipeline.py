@@ -320,13 +320,79 @@ def articles_for(titles: list[str], tag: str) -> list[dict[str, str]]:
     return [{"id": f"{tag}-{i}", "title": title} for i, title in enumerate(titles)]
 
 
+class Producers:
+    """`count` producer processes (benchmarks/enqueue.py), each with an equal share of the
+    articles in whole messages, started and connected before the clock starts."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        articles: list[dict[str, str]],
+        per_message: int,
+        count: int,
+        work: Path,
+    ) -> None:
+        self.total = len(articles)
+        messages = [articles[i : i + per_message] for i in range(0, len(articles), per_message)]
+        self.procs: list[subprocess.Popen[str]] = []
+        for index in range(count):
+            share = work / f"producer-{index}.json"
+            mine = [a for message in messages[index::count] for a in message]
+            share.write_text(json.dumps(mine, ensure_ascii=False), encoding="utf-8")
+            command = [sys.executable, "-m", "benchmarks.enqueue", redis_url, str(per_message)]
+            self.procs.append(
+                subprocess.Popen(
+                    [*command, str(share)],
+                    cwd=ROOT,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
+
+    def __enter__(self) -> Producers:
+        for proc in self.procs:
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"producer {proc.pid} failed to start (exit {proc.wait()})")
+        return self
+
+    def go(self) -> float:
+        """Start them all; the perf_counter() of the start."""
+        started = time.perf_counter()
+        for proc in self.procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        return started
+
+    def finish(self) -> dict[str, float]:
+        """The articles/s of the enqueue (until the last producer is done) and the producers'
+        CPU µs per article."""
+        reports = []
+        for proc in self.procs:
+            out, _ = proc.communicate(timeout=600)
+            if proc.returncode != 0:
+                raise RuntimeError(f"producer {proc.pid} exited {proc.returncode}")
+            reports.append(json.loads(out))
+        return {
+            "enqueue_per_s": round(self.total / max(r["seconds"] for r in reports)),
+            "client_cpu_us": round(1e6 * sum(r["cpu"] for r in reports) / self.total, 1),
+        }
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 @dataclass(frozen=True)
 class CpuClock:
-    """CPU time so far: of the worker processes (all threads), of this process (the client
-    enqueueing and polling), and of the whole machine (busy and all ticks, from /proc/stat)."""
+    """CPU time so far of the worker processes (all threads) and of the whole machine (busy and
+    all ticks, from /proc/stat)."""
 
     workers: float
-    client: float
     machine_busy: float
     machine_total: float
 
@@ -340,15 +406,14 @@ class CpuClock:
         # cpu  user nice system idle iowait irq softirq steal ...
         ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
         idle = ticks[3] + ticks[4]
-        return cls(workers / tick, time.process_time(), sum(ticks) - idle, sum(ticks))
+        return cls(workers / tick, sum(ticks) - idle, sum(ticks))
 
     def since(self, before: CpuClock, articles: int) -> dict[str, float]:
-        """Worker and client CPU µs per article, and how busy the machine's cores were: where
-        a rate is bound by the cores (busy near 1) or by something that waits (well below)."""
+        """Worker CPU µs per article, and how busy the machine's cores were: where a rate is
+        bound by the cores (busy near 1) or by something that waits (well below)."""
         total = self.machine_total - before.machine_total
         return {
             "worker_cpu_us": round(1e6 * (self.workers - before.workers) / articles, 1),
-            "client_cpu_us": round(1e6 * (self.client - before.client) / articles, 1),
             "cores_busy": round((self.machine_busy - before.machine_busy) / (total or 1), 3),
         }
 
@@ -400,7 +465,8 @@ def newsq_run(
     variant: str = "",
     processes: int = 1,
 ) -> Case:
-    """Enqueue through NewsClient (a warm-up message first), time until every row is committed."""
+    """Enqueue through `--producers` NewsClient processes (a warm-up message first, from this
+    one), time from their start until every row is committed."""
     with (
         database(kind, args.work, args.pg_url) as url,
         newsq_workers(
@@ -415,18 +481,22 @@ def newsq_run(
         wait_rows(engine, "predictions", len(warm), 120, serial="id")
         name = f"{Path(model_dir).name}-{kind}-x{processes}{variant and '-' + variant}"
         name = name if per_message > 1 else ""
-        with profiled(pids[0], args.profile, name):
+        bench = articles_for(titles, "bench")
+        with (
+            Producers(args.redis_url, bench, per_message, args.producers, args.work) as producers,
+            profiled(pids[0], args.profile, name),
+        ):
             cpu_before = CpuClock.read(pids)
-            started = time.perf_counter()
-            client.enqueue(articles_for(titles, "bench"), chunk_size=per_message)
-            enqueued = time.perf_counter() - started
+            started = producers.go()
             total = len(warm) + len(titles)
             done = wait_rows(engine, "predictions", total, args.timeout, serial="id")
             cpu = CpuClock.read(pids).since(cpu_before, len(titles))
+            enqueue = producers.finish()
         case = Case("newsq", Path(model_dir).name, kind, per_message, processes, len(titles))
         case.seconds = done - started
         case.extra = {
-            "enqueue_per_s": round(len(titles) / enqueued),
+            "producers": args.producers,
+            **enqueue,
             **cpu,
             "variant": variant,
             **scrape(pids),
@@ -594,6 +664,8 @@ def table(cases: list[Case], ceiling: dict[str, float], naive: dict[str, float])
         notes = [c.extra["batching"]] if c.kind == "bare" else []
         if c.kind == "newsq" and c.processes > 1:
             notes.append(f"{c.processes} processes")
+        if c.extra.get("producers", 1) > 1:
+            notes.append(f"{c.extra['producers']} producers")
         if c.extra.get("variant"):
             notes.append(VARIANTS[c.extra["variant"]][0])
         label = f"{c.kind} ({', '.join(notes)})" if notes else c.kind
@@ -638,6 +710,13 @@ def parse_args() -> argparse.Namespace:
         type=lambda text: [int(n) for n in text.split(",")],
         default=[1],
         help="worker processes of the null and 256-article runs, e.g. 1,2 (each measured)",
+    )
+    parser.add_argument(
+        "--producers",
+        type=int,
+        default=1,
+        help="processes enqueueing in parallel, each its own NewsClient (one tops out near "
+        "60,000-90,000 articles/s on the H200 machine's cores)",
     )
     parser.add_argument(
         "--profile", type=Path, help="folder for py-spy profiles of the workers (256/msg runs)"
