@@ -418,17 +418,45 @@ class CpuClock:
         }
 
 
-def scrape(pids: list[int]) -> dict[str, Any]:
-    """Batch statistics from the workers' /metrics (summed), and the largest peak RSS of them
-    from /proc."""
+# The worker's pipeline stages (worker/batcher.py) and the histogram of each one's busy time.
+STAGES = {
+    "prepare": "newsq_batch_prepare_seconds_sum",
+    "forward": "newsq_batch_forward_seconds_sum",
+    "write": "newsq_batch_write_seconds_sum",
+}
+
+
+def metric_values(processes: int) -> dict[str, float]:
+    """The batch and CUDA-graph samples of the workers' /metrics, summed over the workers."""
     values: dict[str, float] = {}
-    for index in range(len(pids)):
+    for index in range(processes):
         url = f"http://127.0.0.1:{METRICS_PORT + index}/metrics"
         body = urllib.request.urlopen(url, timeout=5).read()
         for family in text_string_to_metric_families(body.decode()):
             for sample in family.samples:
                 if sample.name.startswith(("newsq_batch", "newsq_cuda_graph")):
                     values[sample.name] = values.get(sample.name, 0.0) + sample.value
+    return values
+
+
+def stage_busy(
+    before: dict[str, float], after: dict[str, float], seconds: float, processes: int
+) -> dict[str, float]:
+    """The share of the timed run each stage of a worker spent working, averaged over the
+    workers: the prepare and write stages are one thread each, so near 1.0 is the bottleneck;
+    forward passes run on `model_threads` threads side by side."""
+    return {
+        f"busy_{stage}": round(
+            (after.get(name, 0.0) - before.get(name, 0.0)) / seconds / processes, 3
+        )
+        for stage, name in STAGES.items()
+    }
+
+
+def scrape(pids: list[int]) -> dict[str, Any]:
+    """Batch statistics from the workers' /metrics (summed), and the largest peak RSS of them
+    from /proc."""
+    values = metric_values(len(pids))
     batches = values.get("newsq_batch_rows_count", 0.0) or 1.0
     peak_kib = max(
         int(line.split()[1])
@@ -486,11 +514,12 @@ def newsq_run(
             Producers(args.redis_url, bench, per_message, args.producers, args.work) as producers,
             profiled(pids[0], args.profile, name),
         ):
-            cpu_before = CpuClock.read(pids)
+            cpu_before, stages_before = CpuClock.read(pids), metric_values(processes)
             started = producers.go()
             total = len(warm) + len(titles)
             done = wait_rows(engine, "predictions", total, args.timeout, serial="id")
             cpu = CpuClock.read(pids).since(cpu_before, len(titles))
+            stages = stage_busy(stages_before, metric_values(processes), done - started, processes)
             enqueue = producers.finish()
         case = Case("newsq", Path(model_dir).name, kind, per_message, processes, len(titles))
         case.seconds = done - started
@@ -498,6 +527,7 @@ def newsq_run(
             "producers": args.producers,
             **enqueue,
             **cpu,
+            **stages,
             "variant": variant,
             **scrape(pids),
         }
@@ -655,8 +685,9 @@ def table(cases: list[Case], ceiling: dict[str, float], naive: dict[str, float])
     lines = [
         "| case | model | database | articles/msg | articles | articles/s (range of rounds) "
         "| of bare ceiling "
-        "| vs naive | rows/batch | fill | worker CPU µs/article | cores busy | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| vs naive | rows/batch | fill | worker CPU µs/article | cores busy "
+        "| stages busy: prepare / forward / write | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cases:
         if c.kind == "latency":
@@ -676,13 +707,18 @@ def table(cases: list[Case], ceiling: dict[str, float], naive: dict[str, float])
             f"{c.rate / naive[c.model]:.1f}x" if c.kind == "newsq" and c.model in naive else "-"
         )
         rate = f"{c.rate:,.0f}"
+        busy = (
+            " / ".join(str(c.extra[f"busy_{stage}"]) for stage in STAGES)
+            if c.kind == "newsq"
+            else "-"
+        )
         if len(c.extra.get("rounds", [])) > 1:
             rate += f" ({min(c.extra['rounds']):,}-{max(c.extra['rounds']):,})"
         lines.append(
             f"| {label} | {c.model} | {c.database} | {c.per_message or '-'} | {c.articles:,} "
             f"| {rate} | {of_bare} | {vs_naive} | {c.extra.get('mean_rows', '-')} "
             f"| {c.extra.get('fill', '-')} | {c.extra.get('worker_cpu_us', '-')} "
-            f"| {c.extra.get('cores_busy', '-')} | {c.extra.get('peak_rss_mb', '-')} |"
+            f"| {c.extra.get('cores_busy', '-')} | {busy} | {c.extra.get('peak_rss_mb', '-')} |"
         )
     return "\n".join(lines)
 

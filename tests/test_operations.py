@@ -82,6 +82,7 @@ def test_metrics_and_status_after_a_job(
     assert metric(page, "newsq_batch_rows_sum") >= 40
     assert metric(page, "newsq_batch_padded_tokens_sum") > 0
     assert metric(page, "newsq_batch_forward_seconds_count") >= 1
+    assert metric(page, "newsq_batch_prepare_seconds_count") >= 1  # once per window
     assert metric(page, "newsq_batcher_wait_seconds_count") >= 1  # once per task
     assert metric(page, "newsq_queue_depth") == 0
     assert 'newsq_model_info{device="cpu",version="small-init-' in page

@@ -27,6 +27,11 @@ BATCH_PADDED_TOKENS = Histogram(
 BATCH_TOKENS = Counter(
     "newsq_batch_tokens", "Real (unpadded) tokens fed to the model; over padded: the fill"
 )
+PREPARE_SECONDS = Histogram(
+    "newsq_batch_prepare_seconds",
+    "Tokenizing, sorting, cutting and padding one window of articles into batches",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
 BATCH_SECONDS = Histogram(
     "newsq_batch_forward_seconds",
     "Forward pass time per batch",
