@@ -16,6 +16,7 @@ from celery import Celery
 from kombu.exceptions import BatchPublishError
 from pydantic import ValidationError
 
+from producer import serializer
 from producer.contract import (
     ARTICLE_LIST,
     BROKER_TRANSPORT_OPTIONS,
@@ -37,6 +38,8 @@ ArticleLike = Article | Mapping[str, Any] | Sequence[str | None]
 # one-article messages cost a round trip each otherwise, 40% of the sender's time.
 PIPELINE_MESSAGES = 256
 T = TypeVar("T")
+# Classify messages are encoded by orjson, as UTF-8 (producer/serializer.py).
+BODY_SERIALIZER = serializer.install()
 log = logging.getLogger(__name__)
 PUBLISH_RETRY_POLICY = {
     "max_retries": 40,
@@ -174,6 +177,7 @@ class NewsClient:
             priority=priority,
             ignore_result=True,
             producer=self._producer_for_send(),
+            serializer=BODY_SERIALIZER,
             # Celery declares the queue again for every message: a copy and a bind of the queue
             # entity each time, a quarter of a one-article send, to set up a binding that the
             # default exchange never reads (a Redis list of the queue's name is the route).

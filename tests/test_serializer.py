@@ -1,10 +1,13 @@
-"""The worker's JSON decoder decodes exactly what kombu's does."""
+"""The JSON of messages: the worker's decoder decodes exactly what kombu's does, and the
+client's encoder writes UTF-8 JSON that any decoder reads, without changing kombu's `json`."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 
+from kombu.serialization import dumps as registry_dumps
 from kombu.serialization import loads as registry_loads
 from kombu.utils import json as kombu_json
 
@@ -49,3 +52,20 @@ def test_what_orjson_refuses_decodes_as_the_standard_library_decodes_it() -> Non
     decoded = serializer.loads(text.encode())
     assert decoded["articles"] == [{"title": "\ud800"}, {"title": "好"}]
     assert decoded["n"][0] != decoded["n"][0] and decoded["n"][1] == 10**22 + 1
+
+
+def test_the_client_encodes_bodies_as_utf8_json_and_leaves_kombus_json_alone() -> None:
+    from producer.client import BODY_SERIALIZER
+
+    body = [[], {"articles": [{"id": "a", "title": "央行宣布降准"}]}, {"callbacks": None}]
+    content_type, encoding, payload = registry_dumps(body, serializer=BODY_SERIALIZER)
+    assert (content_type, encoding) == ("application/json", "utf-8")
+    assert "央行宣布降准".encode() in payload  # not six-byte \\u escapes
+    assert json.loads(payload) == serializer.loads(payload) == body
+    assert len(payload) < len(kombu_json.dumps(body))
+    # The host application's own messages: kombu's encoder, which knows datetimes.
+    when = datetime(2026, 11, 27, tzinfo=UTC)
+    assert registry_dumps({"eta": when}, serializer="json")[2] == kombu_json.dumps({"eta": when})
+    from kombu.serialization import registry
+
+    assert registry.type_to_name["application/json"] == "json"
