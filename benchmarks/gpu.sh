@@ -75,7 +75,8 @@ status=0
 timeout "${BENCH_TIMEOUT:-450}" "$python" -m benchmarks.pipeline \
   --device "$device" --models "${MODELS:-base,null}" \
   --databases "${DATABASES:-${pg_url:+postgresql,}sqlite}" ${pg_url:+--pg-url "$pg_url"} \
-  --processes "${PROCESSES:-1,4,8}" --producers "${PRODUCERS:-4}" --batch-sizes "${BATCH_SIZES:-1,256,1024,2048}" \
+  --processes "${PROCESSES:-1,4,8}" --producers "${PRODUCERS:-4}" \
+  --batch-sizes "${BATCH_SIZES:-1,256,1024,2048}" \
   --null-articles "${NULL_ARTICLES:-200000}" --model-articles "${MODEL_ARTICLES:-100000}" \
   --single-articles "${SINGLE_ARTICLES:-10000}" --naive-articles "${NAIVE_ARTICLES:-500}" \
   --latency-seconds 10 --rounds 1 --budget "${BUDGET:-400}" --timeout 120 \
