@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
 
+# Seconds per window, batch or transaction of the pipeline's three stages (worker/batcher.py).
+STAGE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 ARTICLES = Counter(
     "newsq_articles_classified", "Articles classified and committed", ["model_version"]
 )
@@ -30,17 +32,17 @@ BATCH_TOKENS = Counter(
 PREPARE_SECONDS = Histogram(
     "newsq_batch_prepare_seconds",
     "Tokenizing, sorting, cutting and padding one window of articles into batches",
-    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    buckets=STAGE_BUCKETS,
 )
 BATCH_SECONDS = Histogram(
     "newsq_batch_forward_seconds",
     "Forward pass time per batch",
-    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    buckets=STAGE_BUCKETS,
 )
 WRITE_SECONDS = Histogram(
     "newsq_batch_write_seconds",
     "Bulk upsert time per batch",
-    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    buckets=STAGE_BUCKETS,
 )
 QUEUE_WAIT = Histogram(
     "newsq_batcher_wait_seconds",
