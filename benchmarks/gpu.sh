@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # benchmarks/run on one GPU: the bert-base shape in bf16 alone with a batch-size sweep (CUDA
 # graphs on and off), newsq end to end (bert-base and the null model; PostgreSQL and SQLite; 1, 4
-# and 8 worker processes sharing the GPU), the naive worker and light-load latency; PROFILE=1
+# and 8 worker processes sharing the GPU; the most processes again with rayon's default tokenizer
+# pool, a thread per core in each), the naive worker and light-load latency; PROFILE=1
 # adds py-spy profiles of the workers (profiles.tgz). Four producer processes enqueue in parallel
 # (PRODUCERS): one client sent 56,000-96,000 articles/s there, less than the bare model does.
+# 200,000 articles a case: 100,000 lasted 3 s with 8 processes, start and tail included. The
+# CUDA graphs' end-to-end case (STEPS=eager) is not in the default run: measured (README).
 # MODELS, PROCESSES, DATABASES, BATCH_SIZES, STEPS (a part of the run, e.g. latency,newsq),
 # BUDGET... override the defaults below. Self-contained, for a machine without internet whose
 # python3 has CUDA PyTorch and transformers (the device tool's image):
@@ -51,6 +54,7 @@ if command -v nvidia-smi >/dev/null; then
   nvidia-smi dmon -s u -d 1 >"$out/gpu-utilization.log" 2>&1 &  # SM busy % per second
 fi
 nproc
+command -v nvidia-cuda-mps-control || echo "no nvidia-cuda-mps-control (CUDA MPS)"
 # CUDA graphs against the eager forward pass on random batches (tests/test_cuda_graphs.py);
 # a failure is reported and the benchmark still runs (a failed capture falls back to eager).
 NEWSQ_TOKENIZER_DIR="$PWD/$DATA/bert-base-chinese" timeout 90 "$python" -m pytest -q \
@@ -72,15 +76,16 @@ echo "PostgreSQL: ${pg_url:-none, SQLite only}"
 export NEWSQ_BENCH_DATA="$PWD/$DATA"
 # bert-base first: what the run is for comes first if the budget cuts the tail (listed as skipped)
 status=0
-timeout "${BENCH_TIMEOUT:-450}" "$python" -m benchmarks.pipeline \
+timeout "${BENCH_TIMEOUT:-440}" "$python" -m benchmarks.pipeline \
   --device "$device" --models "${MODELS:-base,null}" \
   --databases "${DATABASES:-${pg_url:+postgresql,}sqlite}" ${pg_url:+--pg-url "$pg_url"} \
   --processes "${PROCESSES:-1,4,8}" --producers "${PRODUCERS:-4}" \
   --batch-sizes "${BATCH_SIZES:-1,256,1024,2048}" \
-  --null-articles "${NULL_ARTICLES:-200000}" --model-articles "${MODEL_ARTICLES:-100000}" \
+  --null-articles "${NULL_ARTICLES:-200000}" --model-articles "${MODEL_ARTICLES:-200000}" \
   --single-articles "${SINGLE_ARTICLES:-10000}" --naive-articles "${NAIVE_ARTICLES:-500}" \
-  --latency-seconds 10 --rounds 1 --budget "${BUDGET:-400}" --timeout 120 \
-  ${PROFILE:+--profile "$out/profiles"} ${STEPS:+--steps "$STEPS"} \
+  --latency-seconds 10 --rounds 1 --budget "${BUDGET:-380}" --timeout 120 \
+  --steps "${STEPS:-bare,newsq,pools,naive,null,latency,single}" \
+  ${PROFILE:+--profile "$out/profiles"} \
   --redis-url "redis://127.0.0.1:$port/0" --output "$out/pipeline-gpu.json" || status=$?
 if [ -d "$out/profiles" ]; then  # one file: the device tool brings back at most eight
   tar czf "$out/profiles.tgz" -C "$out" profiles && rm -rf "$out/profiles"
