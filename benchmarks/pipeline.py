@@ -49,12 +49,11 @@ from db.models import Prediction
 from newsq.settings import PRECISIONS, Settings
 from producer.client import NewsClient, celery_client
 from worker.cuda_graphs import graph_rows
-from worker.gpus import tokenizer_pool_env
 from worker.launcher import WorkerProcess
 from worker.model import Encoded, ModelRuntime
 from worker.model_shapes import init_model
 from worker.services import policy_from, tuning_for
-from worker.tuning import torch_threads, usable_cores
+from worker.tuning import torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 # THUCNews titles and the bert-base-chinese tokenizer (benchmarks/gpu.sh points elsewhere)
@@ -62,7 +61,7 @@ DATA = Path(os.environ.get("NEWSQ_BENCH_DATA", ROOT.parent / "shared/data"))
 METRICS_PORT = 9890
 # The parts of a run (--steps): the bare model, newsq with 256-article messages, the same with
 # the CUDA graphs off, the naive worker, the null model, light-load latency, 1-article messages.
-STEPS = ("bare", "newsq", "eager", "pools", "naive", "null", "latency", "single")
+STEPS = ("bare", "newsq", "eager", "naive", "null", "latency", "single")
 # Worker settings some cases change, by name: (what the table says, the environment).
 VARIANTS = {
     # What an operator can turn off when one-article messages arrive by the thousand per
@@ -73,9 +72,6 @@ VARIANTS = {
     ),
     # What the CUDA graphs of the forward pass buy end to end (worker/cuda_graphs.py).
     "eager": ("CUDA graphs off", {"NEWSQ_CUDA_GRAPHS": "false"}),
-    # What sharing the cores among the processes' tokenizer pools buys (worker/gpus.py):
-    # rayon's default, a thread per core in each process.
-    "pools": ("a tokenizer thread per core in each", {"RAYON_NUM_THREADS": "0"}),
 }
 
 
@@ -255,10 +251,8 @@ def newsq_workers(
     redis.Redis.from_url(redis_url).flushdb()
     workers = []
     name = f"bench-{uuid.uuid4().hex[:6]}"
-    pool = tokenizer_pool_env(processes, usable_cores(), os.environ)  # as the supervisor does
     for index in range(processes):
         env = {
-            **pool,
             **(VARIANTS[variant][1] if variant else {}),
             "NEWSQ_DATABASE_URL": database_url,
             "NEWSQ_MODEL_DIR": model_dir,
@@ -563,13 +557,6 @@ def against_bare(model_dir: str, titles: list[str], databases: list[str], args: 
             ]
         if "eager" in args.steps and args.device.startswith("cuda"):
             cases.append(newsq_run(model_dir, args.main_db, 256, titles, args, variant="eager"))
-        most = max(args.processes)
-        if "pools" in args.steps and args.device.startswith("cuda") and most > 1:
-            cases.append(
-                newsq_run(
-                    model_dir, args.main_db, 256, titles, args, variant="pools", processes=most
-                )
-            )
         rounds.append(cases)
     merged = []
     for position in zip(*rounds, strict=True):

@@ -3,6 +3,7 @@ probabilities against the eager ones (benchmarks/gpu.sh runs this file there; CI
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -84,8 +85,13 @@ def test_replayed_graphs_match_the_eager_forward(small_model: Path, precision: P
     pairs = [("".join(rng.choice(chars, rng.integers(1, 40))), None) for _ in range(600)]
     encoded = graphed.encode(pairs)
     tolerance = 1e-4 if precision == "fp32" else 2e-2
+    met: Counter[tuple[int, int]] = Counter()
     for rows in (300, 1, 3, 130, 257, 129, 600, 2) * 2:
         picked = rng.choice(len(pairs), rows, replace=False).tolist()
         batch = graphed.collate(encoded, picked)
         np.testing.assert_allclose(graphed.predict(batch), eager.predict(batch), atol=tolerance)
-    assert graphed.graphs > 4 and eager.graphs == 0
+        met[graph_rows(rows), batch.input_ids.shape[1]] += 1
+    # The warm-up's graph and one per shape met twice: at least the large batches' (384, 256 and
+    # 640 rows, ~48 wide); whether a small one's width recurs is up to the random titles.
+    again = {shape for shape, times in met.items() if times >= 2} - {(8, 16)}
+    assert len(again) >= 3 and graphed.graphs == 1 + len(again) and eager.graphs == 0

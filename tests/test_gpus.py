@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.gpus import DeviceSelectionError, Slot, select_slots, tokenizer_pool_env
+from worker.gpus import DeviceSelectionError, Slot, select_slots
 
 
 def test_all_gives_one_slot_per_visible_gpu() -> None:
@@ -61,13 +61,3 @@ def test_impossible_selections_say_why(spec: str, count: int, message: str) -> N
 def test_processes_per_gpu_must_be_positive() -> None:
     with pytest.raises(DeviceSelectionError, match="expected 1 or more"):
         select_slots("all", 2, per_gpu=0)
-
-
-def test_processes_on_one_machine_share_its_cores_for_tokenizing() -> None:
-    assert tokenizer_pool_env(8, 16, {}) == {"RAYON_NUM_THREADS": "2"}
-    assert tokenizer_pool_env(1, 16, {}) == {"RAYON_NUM_THREADS": "16"}
-    assert tokenizer_pool_env(3, 2, {}) == {"RAYON_NUM_THREADS": "1"}
-
-
-def test_an_exported_tokenizer_pool_size_is_kept() -> None:
-    assert tokenizer_pool_env(8, 16, {"RAYON_NUM_THREADS": "4"}) == {}

@@ -8,7 +8,6 @@ device counts.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -67,17 +66,3 @@ def _names(device: str, per_device: int) -> list[str]:
     if per_device == 1:
         return [device]
     return [f"{device}-{k}" for k in range(1, per_device + 1)]
-
-
-def tokenizer_pool_env(processes: int, cores: int, environ: Mapping[str, str]) -> dict[str, str]:
-    """The environment each of `processes` workers on one machine gets for its tokenizer pool.
-
-    On CUDA the Rust tokenizer runs its own thread pool (rayon), by default one thread per core
-    in every process: 8 processes on 16 cores would start 128 threads that spin while they wait
-    for work, on the cores the other processes' Python needs. Each process gets its share of the
-    cores instead (`RAYON_NUM_THREADS`, read when the pool starts); one the operator exported is
-    kept.
-    """
-    if "RAYON_NUM_THREADS" in environ:
-        return {}
-    return {"RAYON_NUM_THREADS": str(max(1, cores // max(1, processes)))}

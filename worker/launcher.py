@@ -17,8 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from producer.client import celery_client
-from worker.gpus import Slot, tokenizer_pool_env
-from worker.tuning import usable_cores
+from worker.gpus import Slot
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +126,8 @@ class Supervisor:
         stop_timeout: float = 120.0,
     ) -> None:
         self.workers: list[WorkerProcess] = []
-        pool = tokenizer_pool_env(len(slots), usable_cores(), os.environ)
         for index, slot in enumerate(slots):
             env = {
-                **pool,
                 "CUDA_VISIBLE_DEVICES": slot.visible_devices or "",
                 "NEWSQ_DEVICE": slot.device,
                 "NEWSQ_METRICS_PORT": str(metrics_port + index if metrics_port else 0),
