@@ -87,7 +87,7 @@ status=0
 bench "${BENCH_TIMEOUT:-380}" --models "${MODELS:-base,null}" \
   --databases "${DATABASES:-${pg_url:+postgresql,}sqlite}" --processes "$processes" \
   --batch-sizes "${BATCH_SIZES:-1,256,1024,2048}" --budget "${BUDGET:-320}" \
-  --steps "${STEPS:-bare,newsq,naive,null,latency,single}" \
+  --steps "${STEPS:-bare,newsq,writers,naive,null,latency,single}" \
   ${PROFILE:+--profile "$out/profiles"} --output "$out/pipeline-gpu.json" || status=$?
 # The most processes again under CUDA MPS (MPS=0: not): their kernels then share the GPU at once
 # instead of taking turns in time slices (bert-base, 8 processes, PostgreSQL, on the H200:

@@ -263,7 +263,8 @@ class _CopyPlan:
         staged = self.stage.table.c
         now = bindparam("now", type_=DateTime(timezone=True))
         stmt = postgresql.insert(ArticleRow).from_select(
-            ARTICLE_COLUMNS, select(staged.id, staged.title, staged.content, staged.source, now)
+            ARTICLE_COLUMNS,
+            select(staged.id, staged.title, staged.content, staged.source, now).order_by(staged.id),
         )
         self.articles = _on_conflict_update(stmt, ["id"], ARTICLE_UPDATE)
         stmt = postgresql.insert(Prediction).from_select(
@@ -276,7 +277,7 @@ class _CopyPlan:
                 staged.score,
                 staged.probs,
                 now,
-            ),
+            ).order_by(staged.id),
         )
         self.predictions = _on_conflict_update(stmt, PREDICTION_KEYS, PREDICTION_UPDATE)
 

@@ -87,6 +87,13 @@ class Settings(BaseSettings):
         description="Forward passes run side by side, each on cores / threads torch threads;"
         " unset: one per core on CPU, 1 on CUDA.",
     )
+    writers: int = Field(
+        1,
+        gt=0,
+        description="Write threads, each committing batches on a database connection of its own:"
+        " for a worker whose write stage is always busy (PostgreSQL; SQLite lets one writer in"
+        " at a time).",
+    )
     tokenizer_parallelism: bool | None = Field(
         None,
         description="Let the Rust tokenizer use its own thread pool; unset: on with CUDA, off on"

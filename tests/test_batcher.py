@@ -71,20 +71,23 @@ def make_batcher(
     max_wait_s: float = 0.05,
     runtime_class: type[ModelRuntime] = ModelRuntime,
     model_threads: int = 1,
+    writers: int = 1,
     senders: int | None = None,
 ) -> Batcher:
     runtime = runtime_class.load(str(small_model), device="cpu", max_length=32)
     store.register_model_version(runtime.version, runtime.path)
     policy = BatchPolicy(token_budget=2048, max_wait_s=max_wait_s, max_rows=256, max_length=32)
-    return Batcher(runtime, store, policy, model_threads=model_threads, senders=senders).start()
+    return Batcher(
+        runtime, store, policy, model_threads=model_threads, writers=writers, senders=senders
+    ).start()
 
 
-@pytest.mark.parametrize("model_threads", [1, 2])
+@pytest.mark.parametrize(("model_threads", "writers"), [(1, 1), (2, 2)])
 def test_articles_of_many_tasks_share_batches_and_every_task_settles(
-    small_model: Path, sqlite_engine: Engine, model_threads: int
+    small_model: Path, sqlite_engine: Engine, model_threads: int, writers: int
 ) -> None:
     store = CountingStore(sqlite_engine)
-    batcher = make_batcher(small_model, store, model_threads=model_threads)
+    batcher = make_batcher(small_model, store, model_threads=model_threads, writers=writers)
     versions: list[str | None] = []
 
     def task(n: int) -> None:
@@ -165,12 +168,14 @@ def test_a_failed_batch_fails_its_tasks_and_the_batcher_keeps_serving(
     batcher.close()
 
 
-@pytest.mark.parametrize("model_threads", [1, 3])
+@pytest.mark.parametrize(("model_threads", "writers"), [(1, 1), (3, 2)])
 def test_close_finishes_what_was_submitted(
-    small_model: Path, sqlite_engine: Engine, model_threads: int
+    small_model: Path, sqlite_engine: Engine, model_threads: int, writers: int
 ) -> None:
     store = CountingStore(sqlite_engine)
-    batcher = make_batcher(small_model, store, max_wait_s=1.0, model_threads=model_threads)
+    batcher = make_batcher(
+        small_model, store, max_wait_s=1.0, model_threads=model_threads, writers=writers
+    )
     ticket = batcher.submit([Article(id=f"c{i}", title=f"标题{i}") for i in range(30)])
     batcher.close()
     assert ticket.wait(timeout=1) is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -88,6 +89,36 @@ def test_writing_the_same_batch_twice_upserts(engine: Engine) -> None:
         assert tuple(row) == ("realty", 0.7, [0.3, 0.7])
         text_row = conn.execute(select(ArticleRow.title, ArticleRow.content, ArticleRow.source))
         assert tuple(text_row.one()) == ("t3", "正文 'q' \t\\n", "src")
+
+
+def test_writers_of_the_same_articles_at_once_neither_deadlock_nor_duplicate(
+    engine: Engine,
+) -> None:
+    """Two writers (a worker's write threads, or two workers) upserting the same articles, listed
+    in opposite orders. Each transaction locks its rows in id order, so neither holds one row
+    while it waits for the other's: without that, PostgreSQL found a deadlock and failed one."""
+    store = ResultStore(engine)
+    store.register_model_version("v1", "/m")
+    ids = [f"a{i:03d}" for i in range(300)]
+    errors: list[Exception] = []
+
+    def write(order: list[str]) -> None:
+        batch = results(order, order, [0] * len(order), ["finance"] * len(order), [[1.0]] * 300)
+        try:
+            for _ in range(10):
+                store.write_batch(batch, "v1")
+        except Exception as exc:
+            errors.append(exc)
+
+    writers = [threading.Thread(target=write, args=(order,)) for order in (ids, ids[::-1])]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    assert errors == []
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM predictions")).scalar_one() == 300
+        assert conn.execute(text("SELECT count(*) FROM articles")).scalar_one() == 300
 
 
 def test_text_survives_the_bulk_write_as_sent(engine: Engine) -> None:

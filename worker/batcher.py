@@ -5,9 +5,10 @@ batches overlap (each releases the GIL in native code):
 
     submit() -> inbox (a list per task) -> [tokenize: window, sort, cut, pad]
         -> 1 batch ahead per model thread -> [model] x model_threads
-        -> up to 8 batches ahead -> [write: all that wait, in one transaction]
+        -> up to 8 batches ahead -> [write: all that wait, in one transaction] x writers
 
-On a CPU several model threads run single-threaded forward passes side by side (worker/tuning.py).
+On a CPU several model threads run single-threaded forward passes side by side (worker/tuning.py);
+NEWSQ_WRITERS write threads commit side by side (one by default: on 2 CPU cores two were no faster).
 
 A task thread submits its articles and waits on its Ticket, which settles only when every one of
 its rows is committed; the Celery message is acked after that (acks_late), so a crash anywhere
@@ -148,9 +149,11 @@ class Batcher:
         watch: Watcher | None = None,
         watch_interval_s: float = 5.0,
         model_threads: int = 1,
+        writers: int = 1,
         senders: int | None = None,
     ) -> None:
-        """`senders`: how many threads submit, each waiting on its ticket before it submits
+        """`writers`: write threads, each committing its own transactions on its own connection.
+        `senders`: how many threads submit, each waiting on its ticket before it submits
         again (the Celery pool's); a window that holds a ticket of each closes at once."""
         self.runtime = runtime
         self.store = store
@@ -170,7 +173,7 @@ class Batcher:
         self._threads = [
             *_threads(self._tokenize_loop, "newsq-tokenize", 1),
             *_threads(self._model_loop, "newsq-model", model_threads),
-            *_threads(self._write_loop, "newsq-write", 1),
+            *_threads(self._write_loop, "newsq-write", writers),
         ]
         self._closed = False
 
@@ -338,6 +341,7 @@ class Batcher:
         while True:
             first = leftover if leftover is not None else self._scored.get()
             if first is _STOP:
+                self._scored.put(_STOP)  # for the other writers
                 break
             batches, leftover = self._collect_writes(first)
             rows = sum(len(batch.items) for batch in batches)

@@ -81,6 +81,7 @@ def batcher() -> Batcher:
                 watch=promoted_runtime,
                 watch_interval_s=settings.reload_interval_s,
                 model_threads=tuned.model_threads,
+                writers=settings.writers,
                 senders=tuned.task_threads,
             ).start()
         return _Singletons.batcher
