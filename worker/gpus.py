@@ -8,7 +8,10 @@ device counts.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 
 class DeviceSelectionError(ValueError):
@@ -66,3 +69,24 @@ def _names(device: str, per_device: int) -> list[str]:
     if per_device == 1:
         return [device]
     return [f"{device}-{k}" for k in range(1, per_device + 1)]
+
+
+MPS_PIPE_DIRECTORY = "/tmp/nvidia-mps"  # NVIDIA's default, unless CUDA_MPS_PIPE_DIRECTORY says
+
+
+def mps_warning(slots: list[Slot], environ: Mapping[str, str]) -> str | None:
+    """What to tell the operator when several processes share a GPU without CUDA MPS running.
+
+    Without MPS their CUDA contexts take turns on the GPU in time slices; with it their kernels
+    run side by side (8 processes, bert-base, H200: 47,050 -> 57,190 articles/s). The control
+    daemon listens on `control` in its pipe directory."""
+    per_gpu = Counter(slot.visible_devices for slot in slots if slot.device == "cuda")
+    crowded = sorted(str(gpu) for gpu, count in per_gpu.items() if count > 1)
+    pipe = Path(environ.get("CUDA_MPS_PIPE_DIRECTORY", MPS_PIPE_DIRECTORY))
+    if not crowded or (pipe / "control").exists():
+        return None
+    return (
+        f"several worker processes share GPU {', '.join(crowded)} without CUDA MPS (no "
+        f"{pipe / 'control'}): their kernels will take turns instead of running side by side; "
+        "start `nvidia-cuda-mps-control -d` first (README: Scaling to N GPUs)"
+    )
