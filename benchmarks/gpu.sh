@@ -95,7 +95,7 @@ bench "${BENCH_TIMEOUT:-380}" --models "${MODELS:-base,null}" \
 if [ "${MPS:-1}" = 1 ] && [ "$device" = cuda ] && command -v nvidia-cuda-mps-control >/dev/null
 then
   nvidia-cuda-mps-control -d
-  bench 100 --models base --databases "${pg_url:+postgresql}${pg_url:-sqlite}" \
+  bench 100 --models base --databases "$([ -n "$pg_url" ] && echo postgresql || echo sqlite)" \
     --processes "${processes##*,}" --steps newsq --output "$out/pipeline-gpu-mps.json" || status=$?
   echo quit | nvidia-cuda-mps-control
 fi
