@@ -98,7 +98,7 @@ def supervise(
 
     import torch
 
-    from worker.gpus import DeviceSelectionError, mps_warning, select_slots
+    from worker.gpus import DeviceSelectionError, mps_control, mps_warning, select_slots
     from worker.launcher import Supervisor
 
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
@@ -107,7 +107,8 @@ def supervise(
     except DeviceSelectionError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2
-    if warning := mps_warning(slots, os.environ):
+    control = mps_control(os.environ)
+    if warning := mps_warning(slots, control, control.exists()):
         logging.getLogger("newsq.supervisor").warning(warning)
     return Supervisor(
         slots,

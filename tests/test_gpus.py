@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.gpus import DeviceSelectionError, Slot, mps_warning, select_slots
+from worker.gpus import DeviceSelectionError, Slot, mps_control, mps_warning, select_slots
 
 
 def test_all_gives_one_slot_per_visible_gpu() -> None:
@@ -65,12 +65,13 @@ def test_processes_per_gpu_must_be_positive() -> None:
         select_slots("all", 2, per_gpu=0)
 
 
-def test_processes_sharing_a_gpu_without_mps_are_warned_about(tmp_path: Path) -> None:
+def test_processes_sharing_a_gpu_without_mps_are_warned_about() -> None:
     shared, alone = select_slots("0,1", 2, per_gpu=2), select_slots("all", 2)
-    without = {"CUDA_MPS_PIPE_DIRECTORY": str(tmp_path)}
-    warning = mps_warning(shared, without)
+    control = mps_control({"CUDA_MPS_PIPE_DIRECTORY": "/run/mps"})
+    assert control == Path("/run/mps/control")
+    assert mps_control({}) == Path("/tmp/nvidia-mps/control")
+    warning = mps_warning(shared, control, running=False)
     assert warning is not None and "GPU 0, 1" in warning and "nvidia-cuda-mps-control" in warning
-    assert mps_warning(alone, without) is None  # one process a GPU: nothing to share
-    assert mps_warning(select_slots("cpu", 0, per_gpu=2), without) is None
-    (tmp_path / "control").touch()  # the control daemon's socket
-    assert mps_warning(shared, without) is None
+    assert mps_warning(shared, control, running=True) is None
+    assert mps_warning(alone, control, running=False) is None  # one process a GPU
+    assert mps_warning(select_slots("cpu", 0, per_gpu=2), control, running=False) is None

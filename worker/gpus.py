@@ -74,19 +74,23 @@ def _names(device: str, per_device: int) -> list[str]:
 MPS_PIPE_DIRECTORY = "/tmp/nvidia-mps"  # NVIDIA's default, unless CUDA_MPS_PIPE_DIRECTORY says
 
 
-def mps_warning(slots: list[Slot], environ: Mapping[str, str]) -> str | None:
-    """What to tell the operator when several processes share a GPU without CUDA MPS running.
+def mps_control(environ: Mapping[str, str]) -> Path:
+    """Where a running CUDA MPS control daemon listens: `control` in its pipe directory."""
+    return Path(environ.get("CUDA_MPS_PIPE_DIRECTORY", MPS_PIPE_DIRECTORY)) / "control"
+
+
+def mps_warning(slots: list[Slot], control: Path, running: bool) -> str | None:
+    """What to tell the operator when several processes share a GPU and no CUDA MPS daemon runs
+    (`running`: whether `control` exists; the caller looks).
 
     Without MPS their CUDA contexts take turns on the GPU in time slices; with it their kernels
-    run side by side (8 processes, bert-base, H200: 47,050 -> 57,190 articles/s). The control
-    daemon listens on `control` in its pipe directory."""
+    run side by side (8 processes, bert-base, H200: 47,050 -> 57,190 articles/s)."""
     per_gpu = Counter(slot.visible_devices for slot in slots if slot.device == "cuda")
     crowded = sorted(str(gpu) for gpu, count in per_gpu.items() if count > 1)
-    pipe = Path(environ.get("CUDA_MPS_PIPE_DIRECTORY", MPS_PIPE_DIRECTORY))
-    if not crowded or (pipe / "control").exists():
+    if not crowded or running:
         return None
     return (
         f"several worker processes share GPU {', '.join(crowded)} without CUDA MPS (no "
-        f"{pipe / 'control'}): their kernels will take turns instead of running side by side; "
-        "start `nvidia-cuda-mps-control -d` first (README: Scaling to N GPUs)"
+        f"{control}): their kernels will take turns instead of running side by side; start "
+        "`nvidia-cuda-mps-control -d` first (README: Scaling to N GPUs)"
     )
