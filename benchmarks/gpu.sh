@@ -83,7 +83,8 @@ bench() {  # bench SECONDS ARGS...: benchmarks/run with this machine's services 
     ${pg_url:+--pg-url "$pg_url"} --producers "${PRODUCERS:-4}" \
     --null-articles "${NULL_ARTICLES:-200000}" --model-articles "${MODEL_ARTICLES:-200000}" \
     --single-articles "${SINGLE_ARTICLES:-10000}" --naive-articles "${NAIVE_ARTICLES:-500}" \
-    --warm-articles "${WARM_ARTICLES:-10000}" --latency-seconds 10 --rounds 1 --timeout 120 --redis-url "redis://127.0.0.1:$port/0"
+    --warm-articles "${WARM_ARTICLES:-10000}" --latency-seconds 10 --rounds 1 --timeout 120 \
+    --redis-url "redis://127.0.0.1:$port/0"
 }
 # bert-base first: what the run is for comes first if the budget cuts the tail (listed as skipped)
 status=0
