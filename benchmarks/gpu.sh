@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # benchmarks/run on one GPU: the bert-base shape in bf16 alone with a batch-size sweep (CUDA
 # graphs on and off), newsq end to end (bert-base and the null model; PostgreSQL and SQLite; 1, 4
-# and 8 worker processes sharing the GPU), the naive worker and light-load latency; PROFILE=1
+# or 8 worker processes sharing the GPU), the naive worker and light-load latency; PROFILE=1
 # adds py-spy profiles of the workers (profiles.tgz). Four producer processes enqueue in parallel
 # (PRODUCERS): one client sent 56,000-96,000 articles/s there, less than the bare model does.
 # 200,000 articles a case: 100,000 lasted 3 s with 8 processes, start and tail included; before
@@ -9,7 +9,9 @@
 # batch shapes of the run (in the H200 run without it, eager first passes and captures were 17%
 # of the 8-process model thread), as the bare loop captures its own before it is timed. The
 # CUDA graphs' end-to-end case (STEPS=eager) is not in the default run: measured (README). Then
-# the most processes once more under CUDA MPS, where the machine has it (pipeline-gpu-mps.json).
+# 4 and 8 processes once more under CUDA MPS, where the machine has it (pipeline-gpu-mps.json).
+# A worker captures every batch shape's CUDA graph before it consumes (129 for bert-base); the
+# `common` step measures one process that captures only the common ones (the previous default).
 # MODELS, PROCESSES, DATABASES, BATCH_SIZES, STEPS (a part of the run, e.g. latency,newsq),
 # BUDGET... override the defaults below. Self-contained, for a machine without internet whose
 # python3 has CUDA PyTorch and transformers (the device tool's image):
@@ -77,7 +79,7 @@ print(server.get_uri().replace('postgresql://', 'postgresql+psycopg://', 1))" | 
 echo "PostgreSQL: ${pg_url:-none, SQLite only}"
 
 export NEWSQ_BENCH_DATA="$PWD/$DATA"
-processes="${PROCESSES:-1,4,8}"
+processes="${PROCESSES:-1,8}"
 bench() {  # bench SECONDS ARGS...: benchmarks/run with this machine's services and article counts
   timeout "$1" "$python" -m benchmarks.pipeline "${@:2}" --device "$device" \
     ${pg_url:+--pg-url "$pg_url"} --producers "${PRODUCERS:-4}" \
@@ -88,19 +90,20 @@ bench() {  # bench SECONDS ARGS...: benchmarks/run with this machine's services 
 }
 # bert-base first: what the run is for comes first if the budget cuts the tail (listed as skipped)
 status=0
-bench "${BENCH_TIMEOUT:-380}" --models "${MODELS:-base,null}" \
+bench "${BENCH_TIMEOUT:-360}" --models "${MODELS:-base,null}" \
   --databases "${DATABASES:-${pg_url:+postgresql,}sqlite}" --processes "$processes" \
-  --batch-sizes "${BATCH_SIZES:-1,256,1024,2048}" --budget "${BUDGET:-320}" \
-  --steps "${STEPS:-bare,newsq,writers,naive,null,latency,single}" \
+  --batch-sizes "${BATCH_SIZES:-1,256,1024,2048}" --budget "${BUDGET:-300}" \
+  --steps "${STEPS:-bare,newsq,common,writers,naive,null,latency,single}" \
   ${PROFILE:+--profile "$out/profiles"} --output "$out/pipeline-gpu.json" || status=$?
-# The most processes again under CUDA MPS (MPS=0: not): their kernels then share the GPU at once
-# instead of taking turns in time slices (bert-base, 8 processes, PostgreSQL, on the H200:
-# 47,050 -> 57,190 articles/s).
+# 4 and 8 processes (MPS_PROCESSES) under CUDA MPS (MPS=0: not): their kernels then share the GPU
+# at once instead of taking turns in time slices (bert-base, 8 processes, PostgreSQL, on the
+# H200: 47,050 -> 57,190 articles/s).
 if [ "${MPS:-1}" = 1 ] && [ "$device" = cuda ] && command -v nvidia-cuda-mps-control >/dev/null
 then
   nvidia-cuda-mps-control -d
-  bench 100 --models base --databases "$([ -n "$pg_url" ] && echo postgresql || echo sqlite)" \
-    --processes "${processes##*,}" --steps newsq --output "$out/pipeline-gpu-mps.json" || status=$?
+  database=$([ -n "$pg_url" ] && echo postgresql || echo sqlite)
+  bench "${MPS_TIMEOUT:-120}" --models base --databases "$database" \
+    --processes "${MPS_PROCESSES:-4,8}" --steps newsq --output "$out/pipeline-gpu-mps.json" || status=$?
   echo quit | nvidia-cuda-mps-control
 fi
 if [ -d "$out/profiles" ]; then  # one file: the device tool brings back at most eight

@@ -60,9 +60,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("NEWSQ_BENCH_DATA", ROOT.parent / "shared/data"))
 METRICS_PORT = 9890
 # The parts of a run (--steps): the bare model, newsq with 256-article messages, the same with
-# the CUDA graphs off, the same with 2 writers, the naive worker, the null model, light-load
-# latency, 1-article messages.
-STEPS = ("bare", "newsq", "eager", "writers", "naive", "null", "latency", "single")
+# the CUDA graphs off, with only the common graphs captured at start, with 2 writers, the naive
+# worker, the null model, light-load latency, 1-article messages.
+STEPS = ("bare", "newsq", "eager", "common", "writers", "naive", "null", "latency", "single")
 # Worker settings some cases change, by name: (what the table says, the environment).
 VARIANTS = {
     # What an operator can turn off when one-article messages arrive by the thousand per
@@ -73,6 +73,8 @@ VARIANTS = {
     ),
     # What the CUDA graphs of the forward pass buy end to end (worker/cuda_graphs.py).
     "eager": ("CUDA graphs off", {"NEWSQ_CUDA_GRAPHS": "false"}),
+    # What capturing every row bucket at start-up buys against the common shapes alone.
+    "common": ("common graphs at start", {"NEWSQ_CUDA_GRAPHS_WARMUP": "common"}),
     # A second write thread (NEWSQ_WRITERS), for a process whose write stage is always busy.
     "writers": ("2 writers", {"NEWSQ_WRITERS": "2"}),
 }
@@ -558,8 +560,9 @@ def against_bare(model_dir: str, titles: list[str], databases: list[str], args: 
                 for kind in databases
                 for n in args.processes
             ]
-        if "eager" in args.steps and args.device.startswith("cuda"):
-            cases.append(newsq_run(model_dir, args.main_db, 256, titles, args, variant="eager"))
+        for variant in ("eager", "common"):  # CUDA graphs' variants
+            if variant in args.steps and args.device.startswith("cuda"):
+                cases.append(newsq_run(model_dir, args.main_db, 256, titles, args, variant=variant))
         if "writers" in args.steps:
             cases.append(newsq_run(model_dir, args.main_db, 256, titles, args, variant="writers"))
         rounds.append(cases)
@@ -774,7 +777,7 @@ def parse_args() -> argparse.Namespace:
         "--steps",
         type=lambda text: set(text.split(",")),
         default=set(STEPS),
-        help=f"which to run, of {','.join(STEPS)} (default: all; 'eager' only on CUDA)",
+        help=f"which to run, of {','.join(STEPS)} (default: all; 'eager', 'common' only on CUDA)",
     )
     parser.add_argument("--latency-rate", type=float, default=20.0)
     parser.add_argument("--latency-seconds", type=float, default=15.0)

@@ -51,6 +51,12 @@ class Settings(BaseSettings):
         description="On a CUDA device, replay the forward pass as one CUDA graph per batch shape"
         " (captured once each) instead of launching its kernels one by one from Python.",
     )
+    cuda_graphs_warmup: Literal["all", "common"] = Field(
+        "all",
+        description="Which CUDA graphs a worker captures before it consumes: all, every row bucket"
+        " up to a full budget at every width (bert-base defaults: 129 graphs, ~15 s); common, the"
+        " light-load and full-budget shapes (32), the others when met a second time.",
+    )
     token_budget: int | None = Field(
         None,
         gt=0,

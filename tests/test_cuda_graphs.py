@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from newsq.settings import Precision
-from worker.cuda_graphs import ROW_STEP, ShapeTally, graph_rows
+from worker.batch_policy import BatchPolicy
+from worker.cuda_graphs import ROW_STEP, ShapeTally, every_row_bucket, graph_rows
 from worker.model import ModelRuntime
 
 
@@ -28,6 +29,23 @@ def test_a_bucket_holds_its_batch_and_wastes_less_than_a_step() -> None:
         bucket = graph_rows(rows)
         assert rows <= bucket < rows + max(ROW_STEP, rows)
         assert graph_rows(bucket) == bucket  # a bucket is its own bucket
+
+
+def test_every_row_bucket_covers_each_batch_a_plan_of_the_shapes_can_cut() -> None:
+    policy = BatchPolicy(
+        token_budget=32768, max_wait_s=0.02, max_rows=2048, max_length=64, pad_multiple=8
+    )
+    shapes = every_row_bucket(policy.warm_shapes())
+    assert len(shapes) == len(set(shapes)) == 129  # the count cuda_graphs' docstring gives
+    widths = {width: full for full, width in policy.warm_shapes()}  # last: the full budget
+    for width, full in widths.items():
+        held = {rows for rows, w in shapes if w == width}
+        assert {graph_rows(n) for n in range(1, full + 1)} == held
+    assert (1408, 24) in shapes and (2048, 8) in shapes and (1536, 24) not in shapes
+    assert every_row_bucket([(3, 16), (1, 16), (200, 8)]) == [
+        (1, 16), (2, 16), (4, 16), (1, 8), (2, 8), (4, 8), (8, 8), (16, 8), (32, 8), (64, 8),
+        (128, 8), (256, 8),
+    ]  # fmt: skip
 
 
 def test_a_shape_is_captured_when_met_again_while_there_is_room() -> None:
@@ -95,3 +113,32 @@ def test_replayed_graphs_match_the_eager_forward(small_model: Path, precision: P
     # 640 rows, ~48 wide); whether a small one's width recurs is up to the random titles.
     again = {shape for shape, times in met.items() if times >= 2} - {(8, 16)}
     assert len(again) >= 3 and graphed.graphs == 1 + len(again) and eager.graphs == 0
+
+
+@cuda_only
+def test_warm_up_of_every_row_bucket_leaves_no_batch_to_run_eagerly(small_model: Path) -> None:
+    """With every row bucket captured at warm-up, batches of any size up to a width's full
+    rows replay a graph from their first meeting and match the eager forward pass."""
+    model = str(small_model)
+    eager = ModelRuntime.load(model, device="cuda", cuda_graphs=False, precision="fp32")
+    graphed = ModelRuntime.load(model, device="cuda", precision="fp32")
+    shapes = [(300, 48), (300, 56), (300, 64)]
+    graphed.warm_up(shapes, every_row_bucket=True)
+    assert graphed.graphs == len(every_row_bucket(shapes)) == 30
+    eager_passes: list[tuple[int, ...]] = []
+    forward = graphed._forward
+
+    def counted(ids: torch.Tensor, types: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        eager_passes.append(tuple(ids.shape))  # the graphs hold the method they were made with
+        return forward(ids, types, mask)
+
+    graphed._forward = counted  # type: ignore[method-assign,assignment]
+    rng = np.random.default_rng()
+    chars = [chr(c) for c in range(0x4E00, 0x4E00 + 3000)]
+    # 46-62 tokens with [CLS] and [SEP]: widths 48, 56 or 64
+    pairs = [("".join(rng.choice(chars, rng.integers(44, 61))), None) for _ in range(300)]
+    encoded = graphed.encode(pairs)
+    for rows in (300, 1, 3, 130, 257, 129, 2, 77):
+        batch = graphed.collate(encoded, rng.choice(300, rows, replace=False).tolist())
+        np.testing.assert_allclose(graphed.predict(batch), eager.predict(batch), atol=1e-4)
+    assert graphed.graphs == 30 and eager_passes == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from transformers import AutoConfig, AutoTokenizer
 
@@ -122,7 +123,8 @@ def test_served_weights_need_no_gradients(small_model: Path) -> None:
     assert not any(p.requires_grad for p in runtime.model.parameters())
 
 
-def test_warm_up_runs_one_pass_per_shape(small_model: Path) -> None:
+@pytest.mark.parametrize("every_row_bucket", [False, True])  # no graphs on a CPU: no buckets
+def test_warm_up_runs_one_pass_per_shape(small_model: Path, every_row_bucket: bool) -> None:
     runtime = ModelRuntime.load(str(small_model), device="cpu", max_length=60)
     calls: list[tuple[int, ...]] = []
     predict = runtime.predict
@@ -132,5 +134,5 @@ def test_warm_up_runs_one_pass_per_shape(small_model: Path) -> None:
         return predict(batch)
 
     runtime.predict = counting  # type: ignore[method-assign]
-    runtime.warm_up([(1, 8), (512, 8), (3, 64)])
+    runtime.warm_up([(1, 8), (512, 8), (3, 64)], every_row_bucket=every_row_bucket)
     assert calls == [(1, 8), (512, 8), (3, 64)]

@@ -8,13 +8,17 @@ README). A graph replays all of a pass's kernels from one call, so the GPU no lo
 the lock between them.
 
 A graph is fixed to the shapes it was captured with: batches are padded up to a row bucket
-(`graph_rows`) and keep their padded width (a multiple of 8, at most `max_length`). The common
-shapes are captured at warm-up; any other runs eagerly until it is met a second time, then it is
-captured: a capture cost about 120 ms of the worker's interpreter (H200, bert-base: 47 graphs in
-5.75 s), nearly three eager passes of ~45 ms, and the last batch of a window, cut short, comes in
-many sizes that may never recur. All graphs draw their scratch memory from one pool: they never
-run at the same time (one lock), so the pool needs about one forward pass's working memory, not
-one per graph (by design; a worker's GPU memory with graphs is not yet measured).
+(`graph_rows`) and keep their padded width (a multiple of 8, at most `max_length`). By default
+every row bucket up to a full budget at every width is captured at warm-up (`every_row_bucket`):
+under load, the last batch of each window is cut short at any size, and when those shapes were left
+to be captured as they came (a shape ran eagerly when first met, ~45 ms of the worker's
+interpreter, and was captured when met again, ~105 ms), first passes and captures were 17% of the
+model thread of 8 processes sharing an H200 and about 30% of one process's (py-spy). With
+NEWSQ_CUDA_GRAPHS_WARMUP=common (a shorter start), only the light-load and full-budget shapes are
+captured at warm-up and any other runs eagerly until it is met a second time. All graphs draw their
+scratch memory from one pool: they never run at the same time (one lock), so the pool needs about
+one forward pass's working memory, not one per graph (by design; a worker's GPU memory with graphs
+is not yet measured).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,6 +55,22 @@ def graph_rows(rows: int, step: int = ROW_STEP) -> int:
     if rows <= step:
         return 1 << max(rows - 1, 0).bit_length()
     return -(-rows // step) * step
+
+
+def every_row_bucket(shapes: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(graph rows, width) of every bucket a batch can fall in, at each width of `shapes`, up to
+    the most rows `shapes` has at that width: what a batch plan of those full batches can cut.
+
+    The bert-base default (a budget of 32,768 tokens, up to 2,048 rows, widths 8-64) gives 129
+    shapes."""
+    most: dict[int, int] = {}
+    for rows, width in shapes:
+        most[width] = max(rows, most.get(width, 0))
+    return [
+        (bucket, width)
+        for width, rows in most.items()
+        for bucket in sorted({graph_rows(n) for n in range(1, rows + 1)})
+    ]
 
 
 @dataclass(slots=True)
@@ -171,5 +191,5 @@ class CudaGraphs:
             return None
         seconds = time.perf_counter() - started
         metrics.CUDA_GRAPH_CAPTURE_SECONDS.observe(seconds)
-        log.info("captured a CUDA graph for %d x %d in %.0f ms", rows, width, 1000 * seconds)
+        log.debug("captured a CUDA graph for %d x %d in %.0f ms", rows, width, 1000 * seconds)
         return _Graph(graph, (ids, types, mask), probs)

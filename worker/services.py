@@ -102,7 +102,7 @@ def load(name_or_path: str, version: str | None) -> ModelRuntime:
     if runtime.device.type == "cuda":
         tuned = tuning_for(settings, runtime.device.type)
         policy = policy_from(settings, tuned, runtime.pad_multiple)
-        runtime.warm_up(policy.warm_shapes())
+        runtime.warm_up(policy.warm_shapes(), every_row_bucket=settings.cuda_graphs_warmup == "all")
     return runtime
 
 
