@@ -56,7 +56,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 transformers.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU')"
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  nvidia-smi dmon -s u -d 1 >"$out/gpu-utilization.log" 2>&1 &  # SM busy % per second
+  nvidia-smi dmon -s um -d 1 >"$out/gpu-utilization.log" 2>&1 &  # SM busy %, memory MB a second
 fi
 nproc
 command -v nvidia-cuda-mps-control || echo "no nvidia-cuda-mps-control (CUDA MPS)"
