@@ -12,7 +12,7 @@ import torch
 
 from newsq.settings import Precision
 from worker.batch_policy import BatchPolicy
-from worker.cuda_graphs import ROW_STEP, ShapeTally, every_row_bucket, graph_rows
+from worker.cuda_graphs import ROW_STEP, ShapeTally, every_row_bucket, graph_rows, largest_first
 from worker.model import ModelRuntime
 
 
@@ -46,6 +46,12 @@ def test_every_row_bucket_covers_each_batch_a_plan_of_the_shapes_can_cut() -> No
         (1, 16), (2, 16), (4, 16), (1, 8), (2, 8), (4, 8), (8, 8), (16, 8), (32, 8), (64, 8),
         (128, 8), (256, 8),
     ]  # fmt: skip
+
+
+def test_captures_go_largest_graph_first() -> None:
+    shapes = [(1, 8), (300, 16), (2048, 8), (5, 64), (256, 24)]
+    # graph rows x width: 8, 384 x 16 = 6,144, 16,384, 512, 6,144 (ties keep their order)
+    assert largest_first(shapes) == [(2048, 8), (300, 16), (256, 24), (5, 64), (1, 8)]
 
 
 def test_a_shape_is_captured_when_met_again_while_there_is_room() -> None:

@@ -220,12 +220,9 @@ class ModelRuntime:
         first capture every row bucket up to each width's most rows in `shapes`, so that no
         batch under load runs eagerly or waits for its capture (worker/cuda_graphs.py)."""
         started = time.perf_counter()
-        if self._graphs is not None and every_row_bucket:
-            for rows, width in all_row_buckets(shapes):
-                self._graphs.capture(rows, width)
+        if self._graphs is not None:  # else each pass below would run eagerly
+            self._graphs.capture(all_row_buckets(shapes) if every_row_bucket else shapes)
         for rows, width in shapes:
-            if self._graphs is not None:
-                self._graphs.capture(rows, width)  # else this pass would run eagerly
             ids = np.full((rows, width), self.pad_id, dtype=np.int64)
             ones = np.ones((rows, width), dtype=np.int64)
             self.predict(TensorBatch(*(torch.from_numpy(a) for a in (ids, ids * 0, ones))))
