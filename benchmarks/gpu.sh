@@ -9,9 +9,10 @@
 # batch shapes of the run (in the H200 run without it, eager first passes and captures were 17%
 # of the 8-process model thread), as the bare loop captures its own before it is timed. The
 # CUDA graphs' end-to-end case (STEPS=eager) is not in the default run: measured (README). Then
-# 4 and 8 processes once more under CUDA MPS, where the machine has it (pipeline-gpu-mps.json).
-# A worker captures every batch shape's CUDA graph before it consumes (129 for bert-base); the
-# `common` step measures one process that captures only the common ones (the previous default).
+# 8 processes once more under CUDA MPS, where the machine has it (pipeline-gpu-mps.json).
+# A worker captures every batch shape's CUDA graph before it consumes (129 for bert-base, ~15 s,
+# so a case takes 45-60 s); the `common` step measures 8 processes that capture only the common
+# ones (the previous default). Each case is checked against BUDGET before it starts.
 # MODELS, PROCESSES, DATABASES, BATCH_SIZES, STEPS (a part of the run, e.g. latency,newsq),
 # BUDGET... override the defaults below. Self-contained, for a machine without internet whose
 # python3 has CUDA PyTorch and transformers (the device tool's image):
@@ -90,20 +91,20 @@ bench() {  # bench SECONDS ARGS...: benchmarks/run with this machine's services 
 }
 # bert-base first: what the run is for comes first if the budget cuts the tail (listed as skipped)
 status=0
-bench "${BENCH_TIMEOUT:-360}" --models "${MODELS:-base,null}" \
+bench "${BENCH_TIMEOUT:-390}" --models "${MODELS:-base,null}" \
   --databases "${DATABASES:-${pg_url:+postgresql,}sqlite}" --processes "$processes" \
-  --batch-sizes "${BATCH_SIZES:-1,256,1024,2048}" --budget "${BUDGET:-300}" \
+  --batch-sizes "${BATCH_SIZES:-1,256,1024,2048}" --budget "${BUDGET:-330}" \
   --steps "${STEPS:-bare,newsq,common,writers,naive,null,latency,single}" \
   ${PROFILE:+--profile "$out/profiles"} --output "$out/pipeline-gpu.json" || status=$?
-# 4 and 8 processes (MPS_PROCESSES) under CUDA MPS (MPS=0: not): their kernels then share the GPU
-# at once instead of taking turns in time slices (bert-base, 8 processes, PostgreSQL, on the
-# H200: 47,050 -> 57,190 articles/s).
+# 8 processes (MPS_PROCESSES) under CUDA MPS (MPS=0: not): their kernels then share the GPU at
+# once instead of taking turns in time slices (bert-base, PostgreSQL, on the H200: 8 processes
+# 47,050 -> 57,190 articles/s; in another run, 4 processes 31,824 and 8 42,366 with MPS).
 if [ "${MPS:-1}" = 1 ] && [ "$device" = cuda ] && command -v nvidia-cuda-mps-control >/dev/null
 then
   nvidia-cuda-mps-control -d
   database=$([ -n "$pg_url" ] && echo postgresql || echo sqlite)
-  bench "${MPS_TIMEOUT:-120}" --models base --databases "$database" \
-    --processes "${MPS_PROCESSES:-4,8}" --steps newsq --output "$out/pipeline-gpu-mps.json" || status=$?
+  bench "${MPS_TIMEOUT:-100}" --models base --databases "$database" \
+    --processes "${MPS_PROCESSES:-8}" --steps newsq --output "$out/pipeline-gpu-mps.json" || status=$?
   echo quit | nvidia-cuda-mps-control
 fi
 if [ -d "$out/profiles" ]; then  # one file: the device tool brings back at most eight

@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +61,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("NEWSQ_BENCH_DATA", ROOT.parent / "shared/data"))
 METRICS_PORT = 9890
 # The parts of a run (--steps): the bare model, newsq with 256-article messages, the same with
-# the CUDA graphs off, with only the common graphs captured at start, with 2 writers, the naive
-# worker, the null model, light-load latency, 1-article messages.
+# the CUDA graphs off (1 process), with only the common graphs captured at start (the most
+# processes), with 2 writers (1 process), the naive worker, the null model, light-load latency,
+# 1-article messages.
 STEPS = ("bare", "newsq", "eager", "common", "writers", "naive", "null", "latency", "single")
 # Worker settings some cases change, by name: (what the table says, the environment).
 VARIANTS = {
@@ -545,29 +547,41 @@ def newsq_run(
     return case
 
 
-def against_bare(model_dir: str, titles: list[str], databases: list[str], args: Any) -> list[Case]:
+def against_bare(
+    model_dir: str, titles: list[str], databases: list[str], args: Any, run: Run
+) -> list[Case]:
     """The bare model's cases and newsq's 256-article runs, interleaved for `--rounds` rounds;
     each case keeps its median round: on a shared machine the speed of both drifts by 10-20%
-    from minute to minute, and a ratio of two single runs minutes apart inherits that."""
-    rounds = []
-    for _ in range(args.rounds):
-        cases = (
-            bare(model_dir, titles, args.device, args.batch_sizes) if "bare" in args.steps else []
-        )
-        if "newsq" in args.steps:
-            cases += [
-                newsq_run(model_dir, kind, 256, titles, args, processes=n)
-                for kind in databases
-                for n in args.processes
-            ]
-        for variant in ("eager", "common"):  # CUDA graphs' variants
-            if variant in args.steps and args.device.startswith("cuda"):
-                cases.append(newsq_run(model_dir, args.main_db, 256, titles, args, variant=variant))
-        if "writers" in args.steps:
-            cases.append(newsq_run(model_dir, args.main_db, 256, titles, args, variant="writers"))
-        rounds.append(cases)
+    from minute to minute, and a ratio of two single runs minutes apart inherits that. Each is
+    a step of `run` of its own: past the budget the rest are skipped, and one that fails costs
+    only itself (a GPU worker's start captures its graphs, ~20 s a case)."""
+    steps: list[tuple[str, Callable[[], Case | list[Case]]]] = []
+    if "bare" in args.steps:
+        steps.append(("bare", partial(bare, model_dir, titles, args.device, args.batch_sizes)))
+    if "newsq" in args.steps:
+        steps += [
+            (f"{kind} x{n}", partial(newsq_run, model_dir, kind, 256, titles, args, processes=n))
+            for kind in databases
+            for n in args.processes
+        ]
+    # The variants' process counts: the graphs captured at start matter most where processes
+    # share the GPU; a second writer where one process's write stage is saturated.
+    most = max(args.processes)
+    for variant, n in (("eager", 1), ("common", most), ("writers", 1)):
+        if variant in args.steps and (variant == "writers" or args.device.startswith("cuda")):
+            with_variant = partial(
+                newsq_run, model_dir, args.main_db, 256, titles, args, variant=variant, processes=n
+            )
+            steps.append((f"{args.main_db} x{n} {variant}", with_variant))
+    rounds: dict[tuple[str, int], list[Case]] = {}
+    for number in range(1, args.rounds + 1):
+        for label, step in steps:
+            name = f"{Path(model_dir).name} {label}"
+            name += f", round {number}" if args.rounds > 1 else ""
+            for index, case in enumerate(run.measure(name, step, record=False)):
+                rounds.setdefault((label, index), []).append(case)
     merged = []
-    for position in zip(*rounds, strict=True):
+    for position in rounds.values():
         ranked = sorted(position, key=lambda c: c.rate)
         median = ranked[len(ranked) // 2]
         median.extra["rounds"] = [round(c.rate) for c in position]
@@ -673,8 +687,15 @@ class Run:
         self.failures: list[str] = []
 
     def measure(
-        self, label: str, step: Callable[..., Case | list[Case]], *args: Any, **kwargs: Any
+        self,
+        label: str,
+        step: Callable[..., Case | list[Case]],
+        *args: Any,
+        record: bool = True,
+        **kwargs: Any,
     ) -> list[Case]:
+        """`step`'s cases, kept in the table unless `record` is false (the caller keeps them
+        itself: against_bare's rounds)."""
         if time.monotonic() > self.deadline:
             self.failures.append(f"{label}: skipped, past --budget")
             return []
@@ -685,7 +706,8 @@ class Run:
             self.failures.append(f"{label}: {type(exc).__name__}: {exc}")
             return []
         found = result if isinstance(result, list) else [result]
-        self.cases += found
+        if record:
+            self.cases += found
         return found
 
 
@@ -861,6 +883,7 @@ def measure(args: argparse.Namespace) -> tuple[Run, dict[str, float], dict[str, 
                 titles[: args.model_articles],
                 databases,
                 args,
+                run,
             )
             bare_rates = [c.rate for c in compared if c.kind == "bare"]
             if bare_rates:
