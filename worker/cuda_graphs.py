@@ -110,7 +110,7 @@ class ShapeTally:
 @dataclass(slots=True)
 class _Graph:
     graph: torch.cuda.CUDAGraph
-    inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # static: copied into per batch
+    planes: torch.Tensor  # static [3, rows, width] inputs: copied into per batch
     probs: torch.Tensor  # static: written by each replay
 
 
@@ -140,11 +140,13 @@ class CudaGraphs:
                 if self._tally.room(len(self._graphs)):
                     self._held(graph_rows(rows), width)
 
-    def run(self, ids: torch.Tensor, types: torch.Tensor, mask: torch.Tensor) -> np.ndarray | None:
-        """Probabilities of the batch's rows (CPU tensors in, numpy out), or None where it
-        runs eagerly: a shape met for the first time, capture failed once (then never again)
-        or too many shapes are held."""
-        rows, width = ids.shape
+    def run(self, planes: torch.Tensor) -> np.ndarray | None:
+        """Probabilities of the batch's rows (its [3, rows, width] input planes on the CPU in,
+        numpy out), or None where it runs eagerly: a shape met for the first time, capture
+        failed once (then never again) or too many shapes are held. One copy in, the replay and
+        one copy out: each lets go of the interpreter lock, and taking it back can wait for
+        another thread's switch interval (5 ms)."""
+        _, rows, width = planes.shape
         key = (graph_rows(rows), width)
         with self._lock:
             entry = self._graphs.get(key)
@@ -152,8 +154,7 @@ class CudaGraphs:
                 entry = self._held(*key)
             if entry is None:
                 return None
-            for static, given in zip(entry.inputs, (ids, types, mask), strict=True):
-                static[:rows].copy_(given, non_blocking=True)
+            entry.planes[:, :rows].copy_(planes, non_blocking=True)
             entry.graph.replay()
             return entry.probs[:rows].cpu().numpy()
 
@@ -181,17 +182,15 @@ class CudaGraphs:
         # grew a worker by ~1 GB a graph, to 25-34 GB, and 8 workers ran out of memory).
         try:
             with torch.inference_mode():
-                ids = torch.zeros((rows, width), dtype=torch.int64, device=self._device)
-                types = torch.zeros_like(ids)
-                mask = torch.zeros_like(ids)
-                mask[:, 0] = 1
+                planes = torch.zeros((3, rows, width), dtype=torch.int64, device=self._device)
+                planes[2, :, 0] = 1  # the attention mask
                 self._side.wait_stream(torch.cuda.current_stream(self._device))
                 with torch.cuda.stream(self._side):
-                    self._forward(ids, types, mask)
+                    self._forward(*planes)
                 torch.cuda.current_stream(self._device).wait_stream(self._side)
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-                    probs = self._forward(ids, types, mask)
+                    probs = self._forward(*planes)
         except Exception:
             self._enabled = False
             log.warning(
@@ -205,4 +204,4 @@ class CudaGraphs:
         seconds = time.perf_counter() - started
         metrics.CUDA_GRAPH_CAPTURE_SECONDS.observe(seconds)
         log.debug("captured a CUDA graph for %d x %d in %.0f ms", rows, width, 1000 * seconds)
-        return _Graph(graph, (ids, types, mask), probs)
+        return _Graph(graph, planes, probs)

@@ -111,9 +111,28 @@ class Encoded:
 
 @dataclass(slots=True)
 class TensorBatch:
-    input_ids: torch.Tensor
-    token_type_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    """A batch's three input tensors as planes of one [3, rows, width] int64 tensor: a CUDA
+    graph's inputs then take one host-to-device copy a batch instead of three, and each copy is
+    a point where the model thread lets go of the interpreter lock and waits to take it back
+    from the tokenizer, writer and task threads (worker/cuda_graphs.py)."""
+
+    planes: torch.Tensor  # input_ids, token_type_ids, attention_mask
+
+    @classmethod
+    def of(cls, ids: np.ndarray, types: np.ndarray, mask: np.ndarray) -> TensorBatch:
+        return cls(torch.from_numpy(np.stack((ids, types, mask))))
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return self.planes[0]
+
+    @property
+    def token_type_ids(self) -> torch.Tensor:
+        return self.planes[1]
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return self.planes[2]
 
 
 class ModelRuntime:
@@ -225,7 +244,7 @@ class ModelRuntime:
         for rows, width in shapes:
             ids = np.full((rows, width), self.pad_id, dtype=np.int64)
             ones = np.ones((rows, width), dtype=np.int64)
-            self.predict(TensorBatch(*(torch.from_numpy(a) for a in (ids, ids * 0, ones))))
+            self.predict(TensorBatch.of(ids, ids * 0, ones))
         log.info(
             "warmed up %d batch shapes, %d CUDA graphs held, in %.1f s",
             len(shapes),
@@ -267,16 +286,15 @@ class ModelRuntime:
         # Not pinned: on the H200 machine this method took the tokenize thread ~15 ms a batch
         # (py-spy; pinning was its only heavy step there), far more than the pageable copy of
         # ~1 MB that pinned memory would speed up.
-        return TensorBatch(*(torch.from_numpy(a) for a in (ids, types, mask.astype(np.int64))))
+        return TensorBatch.of(ids, types, mask)
 
     def predict(self, batch: TensorBatch) -> np.ndarray:
         """Class probabilities, float32 [rows, labels]."""
-        tensors = (batch.input_ids, batch.token_type_ids, batch.attention_mask)
         with torch.inference_mode():
-            probs = self._graphs.run(*tensors) if self._graphs is not None else None
+            probs = self._graphs.run(batch.planes) if self._graphs is not None else None
             if probs is None:
-                on_device = (t.to(self.device, non_blocking=True) for t in tensors)
-                probs = self._forward(*on_device).cpu().numpy()
+                planes = batch.planes.to(self.device, non_blocking=True)
+                probs = self._forward(*planes).cpu().numpy()
         # NaN or inf (an overflow, say in bf16) would fail the whole batch's write; raised here,
         # the batcher isolates the rows that cause it and rejects only those.
         finite = np.isfinite(probs).all(axis=1)
