@@ -62,9 +62,20 @@ DATA = Path(os.environ.get("NEWSQ_BENCH_DATA", ROOT.parent / "shared/data"))
 METRICS_PORT = 9890
 # The parts of a run (--steps): the bare model, newsq with 256-article messages, the same with
 # the CUDA graphs off (1 process), with only the common graphs captured at start (the most
-# processes), with 2 writers (1 process), the naive worker, the null model, light-load latency,
-# 1-article messages.
-STEPS = ("bare", "newsq", "eager", "common", "writers", "naive", "null", "latency", "single")
+# processes), with 2 writers (1 process), on PostgreSQL without the foreign keys of predictions
+# (the most processes), the naive worker, the null model, light-load latency, 1-article messages.
+STEPS = (
+    "bare",
+    "newsq",
+    "eager",
+    "common",
+    "writers",
+    "nofk",
+    "naive",
+    "null",
+    "latency",
+    "single",
+)
 # Worker settings some cases change, by name: (what the table says, the environment).
 VARIANTS = {
     # What an operator can turn off when one-article messages arrive by the thousand per
@@ -79,6 +90,9 @@ VARIANTS = {
     "common": ("common graphs at start", {"NEWSQ_CUDA_GRAPHS_WARMUP": "common"}),
     # A second write thread (NEWSQ_WRITERS), for a process whose write stage is always busy.
     "writers": ("2 writers", {"NEWSQ_WRITERS": "2"}),
+    # What the per-row checks of predictions' two foreign keys cost end to end: a third of the
+    # PostgreSQL upsert's server time (EXPLAIN ANALYZE, README). Dropped in the case's schema.
+    "nofk": ("no foreign keys", {}),
 }
 
 
@@ -219,8 +233,9 @@ def sync(device: torch.device) -> None:
 
 # -- services ------------------------------------------------------------------------------------
 @contextmanager
-def database(kind: str, work: Path, pg_url: str) -> Iterator[str]:
-    """A fresh, migrated database: a SQLite file, or a PostgreSQL schema dropped afterwards."""
+def database(kind: str, work: Path, pg_url: str, foreign_keys: bool = True) -> Iterator[str]:
+    """A fresh, migrated database: a SQLite file, or a PostgreSQL schema dropped afterwards
+    (without `foreign_keys`: predictions' dropped)."""
     if kind == "sqlite":
         url = f"sqlite:///{work / f'bench-{uuid.uuid4().hex[:8]}.db'}"
         upgrade(url)
@@ -237,10 +252,22 @@ def database(kind: str, work: Path, pg_url: str) -> Iterator[str]:
         # a socket URL (benchmarks/gpu.sh's own server) already has a query: ?host=...
         url = f"{pg_url}{'&' if '?' in pg_url else '?'}options=-csearch_path%3D{schema}"
         upgrade(url)
+        if not foreign_keys:
+            drop_foreign_keys(plain, schema, "predictions")
         yield url
     finally:
         with psycopg.connect(plain, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def drop_foreign_keys(url: str, schema: str, table: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        names = conn.execute(
+            "SELECT conname FROM pg_constraint WHERE contype = 'f' AND conrelid = %s::regclass",
+            (f'"{schema}".{table}',),
+        ).fetchall()
+        for (name,) in names:
+            conn.execute(f'ALTER TABLE "{schema}".{table} DROP CONSTRAINT "{name}"')
 
 
 @contextmanager
@@ -521,7 +548,7 @@ def newsq_run(
     """Enqueue through `--producers` NewsClient processes (`--warm-articles` first, from this
     one), time from their start until every row is committed."""
     with (
-        database(kind, args.work, args.pg_url) as url,
+        database(kind, args.work, args.pg_url, foreign_keys=variant != "nofk") as url,
         newsq_workers(
             args.redis_url, url, model_dir, args, variant=variant, processes=processes
         ) as pids,
@@ -587,8 +614,14 @@ def against_bare(
     # The variants' process counts: the graphs captured at start matter most where processes
     # share the GPU; a second writer where one process's write stage is saturated.
     most = max(args.processes)
-    for variant, n in (("eager", 1), ("common", most), ("writers", 1)):
-        if variant in args.steps and (variant == "writers" or args.device.startswith("cuda")):
+    for variant, n in (("eager", 1), ("common", most), ("writers", 1), ("nofk", most)):
+        runs_here = {
+            "eager": args.device.startswith("cuda"),
+            "common": args.device.startswith("cuda"),
+            "writers": True,
+            "nofk": args.main_db == "postgresql",
+        }
+        if variant in args.steps and runs_here[variant]:
             with_variant = partial(
                 newsq_run, model_dir, args.main_db, 256, titles, args, variant=variant, processes=n
             )
@@ -823,7 +856,8 @@ def parse_args() -> argparse.Namespace:
         "--steps",
         type=lambda text: set(text.split(",")),
         default=set(STEPS),
-        help=f"which to run, of {','.join(STEPS)} (default: all; 'eager', 'common' only on CUDA)",
+        help=f"which to run, of {','.join(STEPS)} (default: all; 'eager', 'common' only on CUDA,"
+        " 'nofk' only on PostgreSQL)",
     )
     parser.add_argument("--latency-rate", type=float, default=20.0)
     parser.add_argument("--latency-seconds", type=float, default=15.0)
