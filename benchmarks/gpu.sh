@@ -91,7 +91,7 @@ bench() {  # bench SECONDS ARGS...: benchmarks/run with this machine's services 
 }
 # bert-base first: what the run is for comes first if the budget cuts the tail (listed as skipped)
 status=0
-bench "${BENCH_TIMEOUT:-390}" --models "${MODELS:-base,null}" \
+bench "${BENCH_TIMEOUT:-400}" --models "${MODELS:-base,null}" \
   --databases "${DATABASES:-${pg_url:+postgresql,}sqlite}" --processes "$processes" \
   --batch-sizes "${BATCH_SIZES:-1,256,1024,2048}" --budget "${BUDGET:-330}" \
   --steps "${STEPS:-bare,newsq,common,writers,naive,null,latency,single}" \
