@@ -613,15 +613,15 @@ def against_bare(
         ]
     # The variants' process counts: the graphs captured at start matter most where processes
     # share the GPU; a second writer where one process's write stage is saturated.
-    most = max(args.processes)
-    for variant, n in (("eager", 1), ("common", most), ("writers", 1), ("nofk", most)):
-        runs_here = {
-            "eager": args.device.startswith("cuda"),
-            "common": args.device.startswith("cuda"),
-            "writers": True,
-            "nofk": args.main_db == "postgresql",
-        }
-        if variant in args.steps and runs_here[variant]:
+    most, cuda = max(args.processes), args.device.startswith("cuda")
+    postgresql = args.main_db == "postgresql"
+    for variant, n, runs_here in (
+        ("eager", 1, cuda),
+        ("common", most, cuda),
+        ("writers", 1, True),
+        ("nofk", most, postgresql),
+    ):
+        if variant in args.steps and runs_here:
             with_variant = partial(
                 newsq_run, model_dir, args.main_db, 256, titles, args, variant=variant, processes=n
             )
