@@ -4,15 +4,16 @@
 # or 8 worker processes sharing the GPU), the naive worker and light-load latency; PROFILE=1
 # adds py-spy profiles of the workers (profiles.tgz). Four producer processes enqueue in parallel
 # (PRODUCERS): one client sent 56,000-96,000 articles/s there, less than the bare model does.
-# 200,000 articles a case: 100,000 lasted 3 s with 8 processes, start and tail included; before
-# the clock, 10,000 per worker process (WARM_ARTICLES), so that each has met and captured the
-# batch shapes of the run (in the H200 run without it, eager first passes and captures were 17%
-# of the 8-process model thread), as the bare loop captures its own before it is timed. The
-# CUDA graphs' end-to-end case (STEPS=eager) is not in the default run: measured (README). Then
-# 8 processes once more under CUDA MPS, where the machine has it (pipeline-gpu-mps.json).
-# A worker captures every batch shape's CUDA graph before it consumes (129 for bert-base, ~15 s,
-# so a case takes 45-60 s); the `common` step measures 8 processes that capture only the common
-# ones (the previous default). Each case is checked against BUDGET before it starts.
+# 200,000 articles a case: 100,000 lasted 3 s with 8 processes, start and tail included. A
+# worker captures every batch shape's CUDA graph before it consumes (129 for bert-base, ~15 s, so
+# a case takes 45-60 s); before the clock, 10,000 articles per worker process (WARM_ARTICLES)
+# warm the rest of its pipeline and, for the `common` step (8 processes that capture only the
+# common shapes at start, the previous default), let it meet and capture the run's other shapes
+# (without that, eager first passes and captures were 17% of the 8-process model thread on the
+# H200), as the bare loop captures its own before it is timed. The CUDA graphs' end-to-end case
+# (STEPS=eager) is not in the default run: measured (README). Then 8 processes once more under
+# CUDA MPS, where the machine has it (pipeline-gpu-mps.json). Each case is checked against
+# BUDGET before it starts.
 # MODELS, PROCESSES, DATABASES, BATCH_SIZES, STEPS (a part of the run, e.g. latency,newsq),
 # BUDGET... override the defaults below. Self-contained, for a machine without internet whose
 # python3 has CUDA PyTorch and transformers (the device tool's image):

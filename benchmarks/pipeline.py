@@ -824,8 +824,9 @@ def parse_args() -> argparse.Namespace:
         type=int,
         default=32,
         help="articles per worker process classified before the clock starts (32: one message; "
-        "on a GPU thousands, so that each worker has met and captured the run's batch shapes, "
-        "as the bare loop captures its own before it is timed)",
+        "on a GPU thousands: with NEWSQ_CUDA_GRAPHS_WARMUP=common, so that each worker has met "
+        "and captured the run's batch shapes, as the bare loop captures its own before it is "
+        "timed)",
     )
     parser.add_argument(
         "--batch-sizes",
