@@ -100,7 +100,7 @@ def run_demo(settings: Settings, data: Path, count: int, train_samples: int) -> 
         ).start()
         try:
             if train_samples and queries.promoted_version(engine) is None:
-                train_first(settings, broker_url, data, train_samples)
+                train_first(settings, engine, broker_url, data, train_samples)
             ids = [article_id for article_id, _, _ in titles]
             since = utcnow()
             started = time.monotonic()
@@ -115,9 +115,10 @@ def run_demo(settings: Settings, data: Path, count: int, train_samples: int) -> 
     engine.dispose()
 
 
-def train_first(settings: Settings, broker_url: str, data: Path, samples: int) -> None:
+def train_first(settings: Settings, engine: Any, broker_url: str, data: Path, samples: int) -> None:
     """No model is promoted yet: train the small shape briefly through the queue and promote
-    it, so that the demo's labels mean something. The running worker switches to it."""
+    it, so that the demo's labels mean something; then wait until the running worker has
+    loaded it (in the background, within NEWSQ_RELOAD_INTERVAL_S)."""
     from newsq.train_cli import follow_run
 
     folder = data.parent
@@ -139,6 +140,12 @@ def train_first(settings: Settings, broker_url: str, data: Path, samples: int) -
     )
     if follow_run(settings, run_id) != 0:
         raise SystemExit(f"training run {run_id} failed")
+    promoted = queries.promoted_version(engine)
+    if promoted is None:
+        raise SystemExit(f"training run {run_id} finished without promoting its model")
+    with NewsClient(broker_url) as client:
+        client.wait_for_model(str(promoted["version"]), timeout=120)
+    console.print(f"The worker now serves {promoted['version']}.")
 
 
 def wait_for(engine: Any, ids: list[str], since: Any, worker: WorkerProcess, timeout: float) -> int:

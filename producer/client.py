@@ -246,6 +246,29 @@ class NewsClient:
             time.sleep(poll)
         self._room = max_queue - length
 
+    def workers(self, timeout: float = 1.0) -> list[dict[str, Any]]:
+        """The live workers' name, device, model version, metrics port and pid: each answers
+        the `newsq_info` control command within `timeout` (model version None: it serves no
+        classify queue yet)."""
+        replies = self.app.control.broadcast("newsq_info", reply=True, timeout=timeout)
+        found = [{"name": name, **info} for reply in replies for name, info in reply.items()]
+        return sorted(found, key=lambda w: str(w["name"]))
+
+    def wait_for_model(self, version: str, timeout: float = 300.0) -> None:
+        """Block until every live classify worker serves `version`: after a promotion, before
+        sending what the new model should classify (a worker loads it in the background within
+        NEWSQ_RELOAD_INTERVAL_S plus the load). TimeoutError otherwise."""
+        deadline = time.monotonic() + timeout
+        while True:
+            serving = {w["model_version"] for w in self.workers() if w.get("model_version")}
+            if serving == {version}:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"workers serve {sorted(serving)}, not {version}, after {timeout:.0f}s"
+                )
+            time.sleep(0.5)
+
     def results(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The current prediction of each id that has one (from the `latest_predictions` view)."""
         from db.queries import latest_rows

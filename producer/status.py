@@ -29,14 +29,12 @@ def collect(
         f"{CLASSIFY_QUEUE} (priority {step})": int(redis.llen(name))
         for step, name in zip(PRIORITY_STEPS, priority_lists(CLASSIFY_QUEUE), strict=True)
     }
-    replies = client.app.control.broadcast("newsq_info", reply=True, timeout=timeout)
-    workers = [{"name": name, **info} for reply in replies for name, info in reply.items()]
     now = utcnow()
     return {
         "broker": redact(client.broker_url),
         "database": redact(database_url),
         "queues": {**classify, TRAIN_QUEUE: int(redis.llen(TRAIN_QUEUE))},
-        "workers": sorted(workers, key=lambda w: str(w["name"])),
+        "workers": client.workers(timeout),
         "promoted_model": _jsonable(queries.promoted_version(engine)),
         "classified_last_minute": queries.count_since(
             engine, Prediction, now - timedelta(minutes=1)

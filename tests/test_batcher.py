@@ -17,9 +17,11 @@ from db.migrate import upgrade
 from db.models import Prediction
 from db.store import ResultColumns, ResultStore
 from producer.contract import Article
+from tests.helpers import wait_until
 from worker.batch_policy import BatchPolicy
 from worker.batcher import Batcher
 from worker.model import Encoded, ModelRuntime, TensorBatch
+from worker.reload import Watcher
 
 
 class CountingStore(ResultStore):
@@ -73,12 +75,20 @@ def make_batcher(
     model_threads: int = 1,
     writers: int = 1,
     senders: int | None = None,
+    watch: Watcher | None = None,
 ) -> Batcher:
     runtime = runtime_class.load(str(small_model), device="cpu", max_length=32)
     store.register_model_version(runtime.version, runtime.path)
     policy = BatchPolicy(token_budget=2048, max_wait_s=max_wait_s, max_rows=256, max_length=32)
     return Batcher(
-        runtime, store, policy, model_threads=model_threads, writers=writers, senders=senders
+        runtime,
+        store,
+        policy,
+        model_threads=model_threads,
+        writers=writers,
+        senders=senders,
+        watch=watch,
+        watch_interval_s=0.05,
     ).start()
 
 
@@ -182,6 +192,36 @@ def test_close_finishes_what_was_submitted(
     assert not any(thread.is_alive() for thread in batcher._threads)
     with pytest.raises(RuntimeError, match="closed"):
         batcher.submit([Article(title="too late")])
+
+
+def test_a_promoted_model_loads_while_the_serving_one_serves_then_takes_over(
+    small_model: Path, sqlite_engine: Engine
+) -> None:
+    store = CountingStore(sqlite_engine)
+    fresh = ModelRuntime.load(str(small_model), device="cpu", max_length=32, version="next")
+    store.register_model_version(fresh.version, fresh.path)
+    loading, loaded = threading.Event(), threading.Event()
+    asked: list[str] = []
+
+    def watch(newest: str) -> ModelRuntime | None:
+        asked.append(newest)
+        if newest == fresh.version:
+            return None
+        loading.set()
+        loaded.wait(timeout=30)  # a slow load (on a GPU: every CUDA graph's capture)
+        return fresh
+
+    batcher = make_batcher(small_model, store, watch=watch)
+    serving = batcher.runtime.version
+    assert loading.wait(timeout=10)
+    tickets = [batcher.submit([Article(id=f"d{n}", title=f"加载期间的新闻{n}")]) for n in range(5)]
+    assert all(ticket.wait(timeout=10) == serving for ticket in tickets)  # not held back
+    loaded.set()
+    wait_until(lambda: batcher.runtime.version == fresh.version, timeout=10)
+    after = batcher.submit([Article(id="after", title="切换之后的新闻")])
+    assert after.wait(timeout=10) == fresh.version
+    wait_until(lambda: asked[-1] == fresh.version, timeout=10)  # asks again from the newest
+    batcher.close()
 
 
 def test_poison_articles_are_isolated_and_rejected_while_the_rest_is_stored(

@@ -3,6 +3,7 @@ probabilities against the eager ones (benchmarks/gpu.sh runs this file there; CI
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -148,3 +149,39 @@ def test_warm_up_of_every_row_bucket_leaves_no_batch_to_run_eagerly(small_model:
         batch = graphed.collate(encoded, rng.choice(300, rows, replace=False).tolist())
         np.testing.assert_allclose(graphed.predict(batch), eager.predict(batch), atol=1e-4)
     assert graphed.graphs == 30 and eager_passes == []
+
+
+@cuda_only
+def test_a_promoted_model_captures_its_graphs_while_the_serving_one_replays(
+    small_model: Path,
+) -> None:
+    """A promotion loads the new model in the reload thread (worker/reload.py) while the model
+    thread replays the serving model's graphs: neither capture nor replay may fail or differ."""
+    model = str(small_model)
+    eager = ModelRuntime.load(model, device="cuda", cuda_graphs=False, precision="fp32")
+    serving = ModelRuntime.load(model, device="cuda", precision="fp32")
+    shapes = [(300, 48), (300, 56), (300, 64)]
+    serving.warm_up(shapes, every_row_bucket=True)
+    rng = np.random.default_rng()
+    chars = [chr(c) for c in range(0x4E00, 0x4E00 + 3000)]
+    pairs = [("".join(rng.choice(chars, rng.integers(44, 61))), None) for _ in range(300)]
+    encoded = serving.encode(pairs)
+    batches = [
+        serving.collate(encoded, rng.choice(300, rows, replace=False).tolist())
+        for rows in (300, 1, 3, 130, 257, 129, 2, 77)
+    ]
+    expected = [eager.predict(batch) for batch in batches]
+    promoted = ModelRuntime.load(model, device="cuda", precision="fp32")
+    loader = threading.Thread(
+        target=promoted.warm_up, args=(shapes,), kwargs={"every_row_bucket": True}
+    )
+    loader.start()
+    replays = 0
+    while loader.is_alive() or replays == 0:
+        for batch, probs in zip(batches, expected, strict=True):
+            np.testing.assert_allclose(serving.predict(batch), probs, atol=1e-4)
+        replays += 1
+    loader.join()
+    assert promoted.graphs == serving.graphs == 30  # no capture failed (a failure stops them)
+    for batch, probs in zip(batches, expected, strict=True):
+        np.testing.assert_allclose(promoted.predict(batch), probs, atol=1e-4)

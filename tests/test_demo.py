@@ -44,6 +44,7 @@ def test_demo_runs_on_embedded_defaults(tmp_path: Path) -> None:
     out = result.stdout
     assert "started an embedded Redis" in out
     assert "training the small model on 300 titles" in out and "test accuracy" in out
+    assert "The worker now serves small-run" in out  # switched to the trained model first
     assert "50 of 50 articles classified" in out
     assert "latest_predictions" in out
     assert (tmp_path / "newsq.db").exists()

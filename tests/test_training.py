@@ -145,8 +145,8 @@ def test_promotion_switches_running_workers_without_losing_articles(
         thread.start()
         time.sleep(0.3)
         registry.promote(engine, new_version)
+        client.wait_for_model(new_version, timeout=60)  # loaded while the old model served
         thread.join()
-        wait_until(lambda: version_of(engine, "during-999") == new_version, timeout=60)
         client.enqueue(after)
     ids = [a[0] for a in before + during + after]
     wait_until(lambda: committed_count(engine, ids) == 1600, timeout=120)

@@ -9,6 +9,8 @@ batches overlap (each releases the GIL in native code):
 
 On a CPU several model threads run single-threaded forward passes side by side (worker/tuning.py);
 NEWSQ_WRITERS write threads commit side by side (one by default: on 2 CPU cores two were no faster).
+A newly promoted model is loaded beside the serving one (worker/reload.py) and takes over at the
+next window.
 
 A task thread submits its articles and waits on its Ticket, which settles only when every one of
 its rows is committed; the Celery message is acked after that (acks_late), so a crash anywhere
@@ -33,6 +35,7 @@ from worker import metrics
 from worker.batch_policy import ArrivalRate, BatchPolicy
 from worker.isolate import isolate
 from worker.model import Encoded, ModelRuntime, TensorBatch
+from worker.reload import ModelReload, Watcher
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +138,6 @@ class _Countdown:
             return self._left == 0
 
 
-# Given the version in use, returns a newly promoted model to switch to, or None.
-Watcher = Callable[[str], "ModelRuntime | None"]
-
-
 class Batcher:
     def __init__(
         self,
@@ -158,10 +157,12 @@ class Batcher:
         self.runtime = runtime
         self.store = store
         self.policy = policy
-        self._watch = watch
-        self._watch_interval_s = watch_interval_s
         self._senders = senders
-        self._next_watch = 0.0
+        self._reload = (
+            None
+            if watch is None
+            else ModelReload(watch, self._switch_model, runtime.version, watch_interval_s)
+        )
         self._arrivals = ArrivalRate()  # read and written by the tokenize thread only
         self._deferred: list[_Item] | None = None  # an alone task's items, next window's own
         self._inbox: queue.Queue[Any] = queue.Queue()
@@ -180,6 +181,8 @@ class Batcher:
     def start(self) -> Batcher:
         for thread in self._threads:
             thread.start()
+        if self._reload is not None:
+            self._reload.start()
         return self
 
     def submit(self, articles: Sequence[Article], *, alone: bool = False) -> Ticket:
@@ -203,6 +206,8 @@ class Batcher:
         if self._closed:
             return
         self._closed = True
+        if self._reload is not None:
+            self._reload.close(timeout)
         self._inbox.put(_STOP)
         for thread in self._threads:
             thread.join(timeout)
@@ -211,15 +216,15 @@ class Batcher:
     def _tokenize_loop(self) -> None:
         while (first := self._next_chunk()) is not _STOP:
             window, stopping = self._collect_window(first)
-            self._maybe_switch_model()
+            runtime = self.runtime  # one model for the whole window
             try:
                 # The stage's busy time: its sum over a run's seconds near 1 marks the
                 # pipeline's slowest stage, as forward and write times do for theirs.
                 with metrics.PREPARE_SECONDS.time():
                     try:
-                        batches = self._prepare(window)
+                        batches = self._prepare(window, runtime)
                     except Exception as exc:
-                        batches = self._prepare_without_poison(window, exc)
+                        batches = self._prepare_without_poison(window, runtime, exc)
             except Exception as exc:  # a failed window fails its tasks, never the worker
                 log.exception("tokenizing a window of %d articles failed", len(window))
                 _fail(window, exc)
@@ -230,21 +235,13 @@ class Batcher:
                 break
         self._prepared.put(_STOP)
 
-    def _maybe_switch_model(self) -> None:
-        """Between batches, load a newly promoted model. Each batch keeps the runtime that
-        tokenized it, so the switch never mixes one model's tokens with another's weights."""
-        if self._watch is None or time.monotonic() < self._next_watch:
-            return
-        self._next_watch = time.monotonic() + self._watch_interval_s
-        try:
-            fresh = self._watch(self.runtime.version)
-        except Exception:
-            log.exception("checking for a promoted model failed; keeping %s", self.runtime.version)
-            return
-        if fresh is not None:
-            log.info("switching model %s -> %s", self.runtime.version, fresh.version)
-            self.runtime = fresh
-            metrics.MODEL.info({"version": fresh.version, "device": str(fresh.device)})
+    def _switch_model(self, fresh: ModelRuntime) -> None:
+        """Serve a newly promoted model (called by the reload thread once it is loaded). The
+        window thread reads `runtime` once a window and each batch keeps the runtime that
+        tokenized it, so a switch never mixes one model's tokens with another's weights."""
+        log.info("switching model %s -> %s", self.runtime.version, fresh.version)
+        self.runtime = fresh
+        metrics.MODEL.info({"version": fresh.version, "device": str(fresh.device)})
 
     def _next_chunk(self) -> Any:
         """The items of the next task (or _STOP): an alone task set aside by the last window
@@ -286,8 +283,7 @@ class Batcher:
             tokens += sum(item.tokens for item in chunk)
         return window, False
 
-    def _prepare(self, window: list[_Item]) -> list[_Batch]:
-        runtime = self.runtime
+    def _prepare(self, window: list[_Item], runtime: ModelRuntime) -> list[_Batch]:
         encoded = runtime.encode(_pairs(window))
         batches = []
         cut = time.monotonic()
@@ -304,13 +300,14 @@ class Batcher:
             metrics.QUEUE_WAIT.observe(cut - arrived)
         return batches
 
-    def _prepare_without_poison(self, window: list[_Item], error: Exception) -> list[_Batch]:
+    def _prepare_without_poison(
+        self, window: list[_Item], runtime: ModelRuntime, error: Exception
+    ) -> list[_Batch]:
         """Tokenizing the window raised: reject the articles that fail alone, prepare the rest."""
-        runtime = self.runtime
         found = isolate(window, lambda items: runtime.encode(_pairs(items)))
         _reject_poison(found.failed, error, "tokenizer", lambda: runtime.encode(CANARY))
         good = [item for part, _ in found.done for item in part]
-        return self._prepare(good) if good else []
+        return self._prepare(good, runtime) if good else []
 
     # -- stage 2: the forward pass ----------------------------------------------------------------
     def _model_loop(self) -> None:
