@@ -439,35 +439,57 @@ class Producers:
                 proc.wait()
 
 
+# Servers on this machine whose CPU time a case reports, by process name (/proc/PID/stat).
+SERVERS = {"postgres": "postgresql", "redis-server": "redis"}
+
+
 @dataclass(frozen=True)
 class CpuClock:
-    """CPU time so far of the worker processes (all threads) and of the whole machine (busy and
-    all ticks, from /proc/stat)."""
+    """CPU time so far of the worker processes (all threads), of the database and broker
+    servers, and of the whole machine (busy and all ticks, from /proc/stat)."""
 
     workers: float
+    servers: dict[str, float]
     machine_busy: float
     machine_total: float
 
     @classmethod
     def read(cls, pids: list[int]) -> CpuClock:
         tick = os.sysconf("SC_CLK_TCK")
-        workers = 0
-        for pid in pids:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            workers += int(fields[11]) + int(fields[12])  # utime, stime
+        workers = sum(cpu_ticks(Path(f"/proc/{pid}/stat")) for pid in pids)
+        servers = dict.fromkeys(SERVERS.values(), 0.0)
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                name = stat.read_text().split("(", 1)[1].rsplit(")", 1)[0]
+                if name in SERVERS:  # with reaped children: PostgreSQL's exited backends
+                    servers[SERVERS[name]] += cpu_ticks(stat, children=True) / tick
+            except (OSError, IndexError):
+                continue  # the process is gone
         # cpu  user nice system idle iowait irq softirq steal ...
         ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
         idle = ticks[3] + ticks[4]
-        return cls(workers / tick, sum(ticks) - idle, sum(ticks))
+        return cls(workers / tick, servers, sum(ticks) - idle, sum(ticks))
 
     def since(self, before: CpuClock, articles: int) -> dict[str, float]:
-        """Worker CPU µs per article, and how busy the machine's cores were: where a rate is
-        bound by the cores (busy near 1) or by something that waits (well below)."""
+        """CPU µs per article of the workers and of each server, and how busy the machine's
+        cores were: where a rate is bound by the cores (busy near 1) or by something that waits
+        (well below), and which process the cores went to."""
         total = self.machine_total - before.machine_total
+        servers = {
+            f"{name}_cpu_us": round(1e6 * (seconds - before.servers[name]) / articles, 1)
+            for name, seconds in self.servers.items()
+        }
         return {
             "worker_cpu_us": round(1e6 * (self.workers - before.workers) / articles, 1),
+            **servers,
             "cores_busy": round((self.machine_busy - before.machine_busy) / (total or 1), 3),
         }
+
+
+def cpu_ticks(stat: Path, children: bool = False) -> int:
+    """utime + stime of a /proc/PID/stat (and cutime + cstime: its reaped children's)."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()  # from the state, field 3
+    return sum(int(v) for v in fields[11 : 15 if children else 13])
 
 
 # The worker's pipeline stages (worker/batcher.py) and the histogram of each one's busy time.
@@ -768,7 +790,8 @@ def table(cases: list[Case], ceiling: dict[str, float], naive: dict[str, float])
     lines = [
         "| case | model | database | articles/msg | articles | articles/s (range of rounds) "
         "| of bare ceiling | sustained: 20-80% of rows/s, of bare "
-        "| vs naive | rows/batch | fill | worker CPU µs/article | cores busy "
+        "| vs naive | rows/batch | fill | CPU µs/article: workers / producers / PostgreSQL / Redis "
+        "| cores busy "
         "| stages busy: prepare / forward / write | peak RSS MB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -799,12 +822,20 @@ def table(cases: list[Case], ceiling: dict[str, float], naive: dict[str, float])
             if c.kind == "newsq"
             else "-"
         )
+        cpu = (
+            " / ".join(
+                str(c.extra.get(key, "-"))
+                for key in ("worker_cpu_us", "client_cpu_us", "postgresql_cpu_us", "redis_cpu_us")
+            )
+            if c.kind == "newsq"
+            else "-"
+        )
         if len(c.extra.get("rounds", [])) > 1:
             rate += f" ({min(c.extra['rounds']):,}-{max(c.extra['rounds']):,})"
         lines.append(
             f"| {label} | {c.model} | {c.database} | {c.per_message or '-'} | {c.articles:,} "
             f"| {rate} | {of_bare} | {sustained} | {vs_naive} | {c.extra.get('mean_rows', '-')} "
-            f"| {c.extra.get('fill', '-')} | {c.extra.get('worker_cpu_us', '-')} "
+            f"| {c.extra.get('fill', '-')} | {cpu} "
             f"| {c.extra.get('cores_busy', '-')} | {busy} | {c.extra.get('peak_rss_mb', '-')} |"
         )
     return "\n".join(lines)
@@ -905,6 +936,28 @@ def one_article_runs(run: Run, dirs: dict[str, str], titles: list[str], args: An
                 )
 
 
+def null_runs(run: Run, model_dir: str, titles: list[str], args: Any) -> None:
+    """The pipeline's ceiling: the null model, 256-article messages, on each database with each
+    process count; with the `nofk` step, once more on PostgreSQL with the most processes and
+    predictions' foreign keys dropped (there the database server's CPU is a quarter of this
+    machine's: two processes, 2 cores)."""
+    cases = [(kind, n, "") for kind in args.databases for n in args.processes]
+    if "nofk" in args.steps and "postgresql" in args.databases:
+        cases.append(("postgresql", max(args.processes), "nofk"))
+    for kind, n, variant in cases:
+        run.measure(
+            f"null {kind} x{n} {variant}".rstrip(),
+            newsq_run,
+            model_dir,
+            kind,
+            256,
+            titles,
+            args,
+            variant=variant,
+            processes=n,
+        )
+
+
 def measure(args: argparse.Namespace) -> tuple[Run, dict[str, float], dict[str, float]]:
     """Every step in order; returns them with the bare ceiling and the naive rate per model."""
     models, databases = args.models, args.databases
@@ -920,20 +973,8 @@ def measure(args: argparse.Namespace) -> tuple[Run, dict[str, float], dict[str, 
             run.measure("latency", latency_run, dirs[light], titles, args)
         for shape in models:
             if shape == "null":
-                if "null" not in args.steps:
-                    continue
-                for kind in databases:
-                    for n in args.processes:
-                        run.measure(
-                            f"null {kind} x{n}",
-                            newsq_run,
-                            dirs[shape],
-                            kind,
-                            256,
-                            titles[: args.null_articles],
-                            args,
-                            processes=n,
-                        )
+                if "null" in args.steps:
+                    null_runs(run, dirs[shape], titles[: args.null_articles], args)
                 continue
             compared = run.measure(
                 f"{shape} vs bare",

@@ -1,10 +1,14 @@
-"""The benchmark's sustained rate (benchmarks/pipeline.py): pure, on made-up write times."""
+"""The benchmark's sustained rate and CPU clock (benchmarks/pipeline.py), on made-up inputs."""
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+
 import pytest
 
-from benchmarks.pipeline import sustained_rate
+from benchmarks.pipeline import CpuClock, cpu_ticks, sustained_rate
 
 
 def test_a_steady_middle_is_measured_without_a_slow_start_and_tail() -> None:
@@ -17,3 +21,23 @@ def test_a_steady_middle_is_measured_without_a_slow_start_and_tail() -> None:
 
 def test_writes_all_at_once_have_no_rate() -> None:
     assert sustained_rate([5.0] * 50) is None
+
+
+def testcpu_ticks_are_read_past_a_process_name_holding_spaces_and_parentheses(
+    tmp_path: Path,
+) -> None:
+    stat = tmp_path / "stat"
+    # pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
+    # utime stime cutime cstime ...
+    stat.write_text("4242 (a) b (c) S 1 4242 4242 0 -1 4194560 100 0 0 0 7 3 20 10 20 0 1 0\n")
+    assert cpu_ticks(stat) == 10
+    assert cpu_ticks(stat, children=True) == 40  # with the reaped children's
+
+
+def test_the_cpu_clock_counts_a_workers_busy_seconds() -> None:
+    before = CpuClock.read([os.getpid()])
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:
+        pass
+    spent = CpuClock.read([os.getpid()]).since(before, articles=1)
+    assert spent["worker_cpu_us"] >= 0.25e6
