@@ -125,6 +125,10 @@ class CudaGraphs:
         # The warm-up passes' stream: one for all, since each stream that runs a matrix product
         # gets a cuBLAS workspace of its own that is kept for good.
         self._side = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
+        # Captures on a stream of this instance's, not torch.cuda.graph's one default stream
+        # for all: during a promotion the new model captures in the reload thread while the
+        # serving one may capture a shape met again, and two captures on one stream fail.
+        self._capturing = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
         self._graphs: dict[tuple[int, int], _Graph] = {}
         self._lock = threading.Lock()
         self._enabled = True  # until a capture fails
@@ -189,7 +193,12 @@ class CudaGraphs:
                     self._forward(*planes)
                 torch.cuda.current_stream(self._device).wait_stream(self._side)
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+                with torch.cuda.graph(
+                    graph,
+                    pool=self._pool,
+                    stream=self._capturing,
+                    capture_error_mode="thread_local",
+                ):
                     probs = self._forward(*planes)
         except Exception:
             self._enabled = False
