@@ -367,12 +367,22 @@ def model_list() -> None:
 
 
 @model_app.command("promote")
-def model_promote(version: Annotated[str, typer.Argument()]) -> None:
-    """Promote VERSION: running classify workers switch to it between batches."""
+def model_promote(
+    version: Annotated[str, typer.Argument()],
+    wait: Annotated[
+        float,
+        typer.Option(
+            help="Seconds to wait until every running classify worker serves VERSION "
+            "(each loads it in the background within NEWSQ_RELOAD_INTERVAL_S); 0: do not wait."
+        ),
+    ] = 0,
+) -> None:
+    """Promote VERSION: running classify workers load it and switch to it between batches."""
     from db import registry
     from db.engine import make_engine
 
-    engine = make_engine(get_settings().database_url)
+    settings = get_settings()
+    engine = make_engine(settings.database_url)
     try:
         registry.promote(engine, version)
     except LookupError as exc:
@@ -380,6 +390,16 @@ def model_promote(version: Annotated[str, typer.Argument()]) -> None:
     finally:
         engine.dispose()
     typer.echo(f"promoted {version}")
+    if wait > 0:
+        from producer.client import NewsClient
+
+        with NewsClient(settings.broker_url) as client:
+            try:
+                client.wait_for_model(version, timeout=wait)
+            except TimeoutError as exc:
+                typer.echo(str(exc), err=True)
+                raise typer.Exit(1) from exc
+        typer.echo(f"every running classify worker serves {version}")
 
 
 @db_app.command("upgrade")

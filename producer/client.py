@@ -264,8 +264,9 @@ class NewsClient:
             if serving == {version}:
                 return
             if time.monotonic() > deadline:
+                answer = ", ".join(sorted(serving)) or "no classify worker answered"
                 raise TimeoutError(
-                    f"workers serve {sorted(serving)}, not {version}, after {timeout:.0f}s"
+                    f"not every worker serves {version} after {timeout:.0f}s: {answer}"
                 )
             time.sleep(0.5)
 

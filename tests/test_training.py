@@ -123,6 +123,7 @@ def test_early_stopping_stops_a_rising_dev_loss_and_restores_the_best_step(
 def test_promotion_switches_running_workers_without_losing_articles(
     start_worker: WorkerFactory,
     engine: Engine,
+    database_url: str,
     clean_redis: str,
     small_model: Path,
     tmp_path: Path,
@@ -144,8 +145,12 @@ def test_promotion_switches_running_workers_without_losing_articles(
         thread = threading.Thread(target=trickle)
         thread.start()
         time.sleep(0.3)
-        registry.promote(engine, new_version)
-        client.wait_for_model(new_version, timeout=60)  # loaded while the old model served
+        # promoted while articles arrive; loaded while the old model serves them
+        env = {"NEWSQ_DATABASE_URL": database_url, "NEWSQ_BROKER_URL": clean_redis}
+        promoted = run_cli("model", "promote", new_version, "--wait", "60", env=env)
+        assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+        assert f"every running classify worker serves {new_version}" in promoted.stdout
+        assert {w["model_version"] for w in client.workers()} == {new_version}
         thread.join()
         client.enqueue(after)
     ids = [a[0] for a in before + during + after]
