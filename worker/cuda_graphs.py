@@ -43,6 +43,12 @@ ROW_STEP = 128  # above this, rows are padded to a multiple of it; below, to a p
 MAX_GRAPHS = 256  # shapes past this many run eagerly
 CAPTURE_AT = 2  # a shape met this many times is captured (warm-up shapes at once)
 
+# One capture at a time in a process: during a promotion the new model captures in the reload
+# thread (worker/reload.py) while the serving one may capture a shape it meets again
+# (NEWSQ_CUDA_GRAPHS_WARMUP=common), and two captures at once would share torch.cuda.graph's one
+# default capture stream, each synchronizing the device as it begins while the other captures.
+_CAPTURING = threading.Lock()
+
 # (input_ids, token_type_ids, attention_mask) on the device -> float32 probabilities there
 Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -125,10 +131,6 @@ class CudaGraphs:
         # The warm-up passes' stream: one for all, since each stream that runs a matrix product
         # gets a cuBLAS workspace of its own that is kept for good.
         self._side = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
-        # Captures on a stream of this instance's, not torch.cuda.graph's one default stream
-        # for all: during a promotion the new model captures in the reload thread while the
-        # serving one may capture a shape met again, and two captures on one stream fail.
-        self._capturing = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
         self._graphs: dict[tuple[int, int], _Graph] = {}
         self._lock = threading.Lock()
         self._enabled = True  # until a capture fails
@@ -193,11 +195,9 @@ class CudaGraphs:
                     self._forward(*planes)
                 torch.cuda.current_stream(self._device).wait_stream(self._side)
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(
-                    graph,
-                    pool=self._pool,
-                    stream=self._capturing,
-                    capture_error_mode="thread_local",
+                with (
+                    _CAPTURING,
+                    torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"),
                 ):
                     probs = self._forward(*planes)
         except Exception:
