@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 import torch
+from prometheus_client import REGISTRY
 from sqlalchemy import Engine, func, select
 
 from db.engine import make_engine
@@ -221,6 +222,33 @@ def test_a_promoted_model_loads_while_the_serving_one_serves_then_takes_over(
     after = batcher.submit([Article(id="after", title="切换之后的新闻")])
     assert after.wait(timeout=10) == fresh.version
     wait_until(lambda: asked[-1] == fresh.version, timeout=10)  # asks again from the newest
+    batcher.close()
+
+
+def test_a_promoted_model_that_fails_to_load_leaves_the_serving_one_serving(
+    small_model: Path, sqlite_engine: Engine
+) -> None:
+    store = CountingStore(sqlite_engine)
+    fresh = ModelRuntime.load(str(small_model), device="cpu", max_length=32, version="fixed")
+    store.register_model_version(fresh.version, fresh.path)
+    attempts: list[str] = []
+
+    def watch(newest: str) -> ModelRuntime | None:
+        if newest == fresh.version:
+            return None
+        attempts.append(newest)
+        if len(attempts) < 3:
+            raise OSError("config.json: no such file")  # e.g. promoted before it was copied
+        return fresh
+
+    failures = REGISTRY.get_sample_value("newsq_model_reload_failures_total") or 0.0
+    batcher = make_batcher(small_model, store, watch=watch)
+    serving = batcher.runtime.version
+    wait_until(lambda: len(attempts) >= 2, timeout=10)
+    ticket = batcher.submit([Article(id="kept", title="加载失败时的新闻")])
+    assert ticket.wait(timeout=10) in {serving, fresh.version}  # served all along
+    wait_until(lambda: batcher.runtime.version == fresh.version, timeout=10)  # tried again
+    assert REGISTRY.get_sample_value("newsq_model_reload_failures_total") == failures + 2
     batcher.close()
 
 

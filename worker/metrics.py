@@ -55,6 +55,10 @@ CUDA_GRAPH_CAPTURE_SECONDS = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 MODEL = Info("newsq_model", "The model this worker serves")
+RELOAD_FAILURES = Counter(
+    "newsq_model_reload_failures",
+    "Attempts to load a newly promoted model that failed (the worker keeps serving its model)",
+)
 QUEUE_DEPTH = Gauge("newsq_queue_depth", "Messages waiting in the classify queue")
 GPU_MEMORY = Gauge("newsq_gpu_memory_bytes", "GPU memory allocated by this worker's model")
 

@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from worker import metrics
 from worker.model import ModelRuntime
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class ModelReload:
             try:
                 fresh = self._watch(self._version)
             except Exception:
+                metrics.RELOAD_FAILURES.inc()
                 log.exception("loading a promoted model failed; keeping %s", self._version)
                 continue
             if fresh is not None and not self._stop.is_set():
