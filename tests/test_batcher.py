@@ -195,12 +195,20 @@ def test_close_finishes_what_was_submitted(
         batcher.submit([Article(title="too late")])
 
 
+def store_and_model_to_promote(
+    small_model: Path, engine: Engine, version: str
+) -> tuple[CountingStore, ModelRuntime]:
+    """A store, and a second runtime of the small model under `version`, registered in it."""
+    store = CountingStore(engine)
+    fresh = ModelRuntime.load(str(small_model), device="cpu", max_length=32, version=version)
+    store.register_model_version(fresh.version, fresh.path)
+    return store, fresh
+
+
 def test_a_promoted_model_loads_while_the_serving_one_serves_then_takes_over(
     small_model: Path, sqlite_engine: Engine
 ) -> None:
-    store = CountingStore(sqlite_engine)
-    fresh = ModelRuntime.load(str(small_model), device="cpu", max_length=32, version="next")
-    store.register_model_version(fresh.version, fresh.path)
+    store, fresh = store_and_model_to_promote(small_model, sqlite_engine, "next")
     loading, loaded = threading.Event(), threading.Event()
     asked: list[str] = []
 
@@ -228,9 +236,7 @@ def test_a_promoted_model_loads_while_the_serving_one_serves_then_takes_over(
 def test_a_promoted_model_that_fails_to_load_leaves_the_serving_one_serving(
     small_model: Path, sqlite_engine: Engine
 ) -> None:
-    store = CountingStore(sqlite_engine)
-    fresh = ModelRuntime.load(str(small_model), device="cpu", max_length=32, version="fixed")
-    store.register_model_version(fresh.version, fresh.path)
+    store, fresh = store_and_model_to_promote(small_model, sqlite_engine, "fixed")
     attempts: list[str] = []
 
     def watch(newest: str) -> ModelRuntime | None:
