@@ -456,15 +456,16 @@ class CpuClock:
     @classmethod
     def read(cls, pids: list[int]) -> CpuClock:
         tick = os.sysconf("SC_CLK_TCK")
-        workers = sum(cpu_ticks(Path(f"/proc/{pid}/stat")) for pid in pids)
+        workers = sum(cpu_ticks(Path(f"/proc/{pid}/stat").read_text()) for pid in pids)
         servers = dict.fromkeys(SERVERS.values(), 0.0)
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
-                name = stat.read_text().split("(", 1)[1].rsplit(")", 1)[0]
-                if name in SERVERS:  # with reaped children: PostgreSQL's exited backends
-                    servers[SERVERS[name]] += cpu_ticks(stat, children=True) / tick
-            except (OSError, IndexError):
+                text = stat.read_text()
+            except OSError:
                 continue  # the process is gone
+            name = text.split("(", 1)[1].rsplit(")", 1)[0]
+            if name in SERVERS:  # with reaped children: PostgreSQL's exited backends
+                servers[SERVERS[name]] += cpu_ticks(text, children=True) / tick
         # cpu  user nice system idle iowait irq softirq steal ...
         ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
         idle = ticks[3] + ticks[4]
@@ -486,9 +487,9 @@ class CpuClock:
         }
 
 
-def cpu_ticks(stat: Path, children: bool = False) -> int:
-    """utime + stime of a /proc/PID/stat (and cutime + cstime: its reaped children's)."""
-    fields = stat.read_text().rsplit(")", 1)[1].split()  # from the state, field 3
+def cpu_ticks(stat: str, children: bool = False) -> int:
+    """utime + stime of a /proc/PID/stat's text (and cutime + cstime: its reaped children's)."""
+    fields = stat.rsplit(")", 1)[1].split()  # from the state, field 3
     return sum(int(v) for v in fields[11 : 15 if children else 13])
 
 

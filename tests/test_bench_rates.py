@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import pytest
 
@@ -23,13 +22,10 @@ def test_writes_all_at_once_have_no_rate() -> None:
     assert sustained_rate([5.0] * 50) is None
 
 
-def testcpu_ticks_are_read_past_a_process_name_holding_spaces_and_parentheses(
-    tmp_path: Path,
-) -> None:
-    stat = tmp_path / "stat"
+def test_cpu_ticks_are_read_past_a_process_name_holding_spaces_and_parentheses() -> None:
     # pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
     # utime stime cutime cstime ...
-    stat.write_text("4242 (a) b (c) S 1 4242 4242 0 -1 4194560 100 0 0 0 7 3 20 10 20 0 1 0\n")
+    stat = "4242 (a) b (c) S 1 4242 4242 0 -1 4194560 100 0 0 0 7 3 20 10 20 0 1 0\n"
     assert cpu_ticks(stat) == 10
     assert cpu_ticks(stat, children=True) == 40  # with the reaped children's
 

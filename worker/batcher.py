@@ -207,7 +207,7 @@ class Batcher:
             return
         self._closed = True
         if self._reload is not None:
-            self._reload.close(timeout)
+            self._reload.close()
         self._inbox.put(_STOP)
         for thread in self._threads:
             thread.join(timeout)

@@ -238,9 +238,9 @@ class ModelRuntime:
         if self._graphs is not None:  # else each pass below would run eagerly
             self._graphs.capture(all_row_buckets(shapes) if every_row_bucket else shapes)
         for rows, width in shapes:
-            ids = np.full((rows, width), self.pad_id, dtype=np.int64)
-            ones = np.ones((rows, width), dtype=np.int64)
-            self.predict(TensorBatch(torch.from_numpy(np.stack((ids, ids * 0, ones)))))
+            planes = np.zeros((3, rows, width), dtype=np.int64)  # type ids stay 0
+            planes[0], planes[2] = self.pad_id, 1  # all padding, every position attended
+            self.predict(TensorBatch(torch.from_numpy(planes)))
         log.info(
             "warmed up %d batch shapes, %d CUDA graphs held, in %.1f s",
             len(shapes),

@@ -42,10 +42,10 @@ class ModelReload:
         self._thread.start()
         return self
 
-    def close(self, timeout: float) -> None:
-        """Stop asking; a load in progress finishes in the background (a daemon thread)."""
+    def close(self) -> None:
+        """Stop asking, without waiting: a load in progress (on a GPU up to ~15 s) finishes in
+        the background, a daemon thread, and is not switched to."""
         self._stop.set()
-        self._thread.join(timeout)
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval_s):
