@@ -15,6 +15,7 @@
 # CUDA MPS, where the machine has it (pipeline-gpu-mps.json). Each case is checked against
 # BUDGET before it starts.
 # MODELS, PROCESSES, DATABASES, BATCH_SIZES, STEPS (a part of the run, e.g. latency,newsq),
+# MPS_STEPS,
 # BUDGET... override the defaults below. Self-contained, for a machine without internet whose
 # python3 has CUDA PyTorch and transformers (the device tool's image):
 #
@@ -95,9 +96,10 @@ status=0
 bench "${BENCH_TIMEOUT:-400}" --models "${MODELS:-base,null}" \
   --databases "${DATABASES:-${pg_url:+postgresql,}sqlite}" --processes "$processes" \
   --batch-sizes "${BATCH_SIZES:-1,256,1024,2048}" --budget "${BUDGET:-330}" \
-  --steps "${STEPS:-bare,newsq,nofk,writers,common,naive,null,latency,single}" \
+  --steps "${STEPS:-bare,newsq,ahead,nofk,writers,window,common,naive,null,latency,single}" \
   ${PROFILE:+--profile "$out/profiles"} --output "$out/pipeline-gpu.json" || status=$?
-# 8 processes (MPS_PROCESSES) under CUDA MPS (MPS=0: not): their kernels then share the GPU at
+# 8 processes (MPS_PROCESSES; MPS_STEPS, e.g. ahead: that variant instead) under CUDA MPS
+# (MPS=0: not): their kernels then share the GPU at
 # once instead of taking turns in time slices (bert-base, PostgreSQL, on the H200: 8 processes
 # 47,050 -> 57,190 articles/s; in another run, 4 processes 31,824 and 8 42,366 with MPS).
 if [ "${MPS:-1}" = 1 ] && [ "$device" = cuda ] && command -v nvidia-cuda-mps-control >/dev/null
@@ -105,7 +107,8 @@ then
   nvidia-cuda-mps-control -d
   database=$([ -n "$pg_url" ] && echo postgresql || echo sqlite)
   bench "${MPS_TIMEOUT:-100}" --models base --databases "$database" \
-    --processes "${MPS_PROCESSES:-8}" --steps newsq --output "$out/pipeline-gpu-mps.json" || status=$?
+    --processes "${MPS_PROCESSES:-8}" --steps "${MPS_STEPS:-newsq}" \
+    --output "$out/pipeline-gpu-mps.json" || status=$?
   echo quit | nvidia-cuda-mps-control
 fi
 if [ -d "$out/profiles" ]; then  # one file: the device tool brings back at most eight

@@ -63,7 +63,9 @@ METRICS_PORT = 9890
 # The parts of a run (--steps): the bare model, newsq with 256-article messages, the same with
 # the CUDA graphs off (1 process), with only the common graphs captured at start (the most
 # processes), with 2 writers (1 process), on PostgreSQL without the foreign keys of predictions
-# (the most processes), the naive worker, the null model, light-load latency, 1-article messages.
+# (the most processes), with a window's batches tokenized ahead and with windows of 8 budgets
+# (the most processes, CUDA), the naive worker, the null model, light-load latency, 1-article
+# messages.
 STEPS = (
     "bare",
     "newsq",
@@ -71,6 +73,8 @@ STEPS = (
     "common",
     "writers",
     "nofk",
+    "ahead",
+    "window",
     "naive",
     "null",
     "latency",
@@ -93,6 +97,14 @@ VARIANTS = {
     # What the per-row checks of predictions' two foreign keys cost end to end: a third of the
     # PostgreSQL upsert's server time (EXPLAIN ANALYZE, README). Dropped in the case's schema.
     "nofk": ("no foreign keys", {}),
+    # Room for a whole window's batches (4 budgets: 5-6 batches) between the window thread and
+    # the model thread, so that the next window is tokenized while this one's passes run.
+    "ahead": ("8 batches prepared ahead", {"NEWSQ_PREPARED_BATCHES": "8"}),
+    # Longer windows, a fuller last batch (fill), with room for their batches.
+    "window": (
+        "windows of 8 budgets, 16 batches ahead",
+        {"NEWSQ_WINDOW_BUDGETS": "8", "NEWSQ_PREPARED_BATCHES": "16"},
+    ),
 }
 
 
@@ -638,12 +650,14 @@ def against_bare(
     # share the GPU; a second writer where one process's write stage is saturated.
     most, cuda = max(args.processes), args.device.startswith("cuda")
     postgresql = args.main_db == "postgresql"
-    # In the order a budget should keep them: without foreign keys and with two writers first
-    # (each may change a default), the common graphs only last (what it buys is measured).
+    # In the order a budget should keep them: those that may change a default first, the
+    # common graphs only last (what it buys is measured).
     for variant, n, runs_here in (
         ("eager", 1, cuda),
+        ("ahead", most, cuda),
         ("nofk", most, postgresql),
         ("writers", 1, True),
+        ("window", most, cuda),
         ("common", most, cuda),
     ):
         if variant in args.steps and runs_here:
@@ -777,12 +791,15 @@ class Run:
         if time.monotonic() > self.deadline:
             self.failures.append(f"{label}: skipped, past --budget")
             return []
+        started = time.monotonic()
         try:
             result = step(*args, **kwargs)
         except Exception as exc:
             traceback.print_exc()
             self.failures.append(f"{label}: {type(exc).__name__}: {exc}")
             return []
+        finally:  # what each step costs a budget
+            print(f"  ({label}: {time.monotonic() - started:.0f} s)", flush=True)
         found = result if isinstance(result, list) else [result]
         if record:
             self.cases += found
