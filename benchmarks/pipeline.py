@@ -63,9 +63,8 @@ METRICS_PORT = 9890
 # The parts of a run (--steps): the bare model, newsq with 256-article messages, the same with
 # the CUDA graphs off (1 process), with only the common graphs captured at start (the most
 # processes), with 2 writers (1 process), on PostgreSQL without the foreign keys of predictions
-# (the most processes), with a window's batches tokenized ahead and with windows of 8 budgets
-# (the most processes, CUDA), the naive worker, the null model, light-load latency, 1-article
-# messages.
+# (the most processes), with windows of 8 budgets (the most processes, CUDA), the naive worker,
+# the null model, light-load latency, 1-article messages.
 STEPS = (
     "bare",
     "newsq",
@@ -73,7 +72,6 @@ STEPS = (
     "common",
     "writers",
     "nofk",
-    "ahead",
     "window",
     "naive",
     "null",
@@ -97,14 +95,8 @@ VARIANTS = {
     # What the per-row checks of predictions' two foreign keys cost end to end: a third of the
     # PostgreSQL upsert's server time (EXPLAIN ANALYZE, README). Dropped in the case's schema.
     "nofk": ("no foreign keys", {}),
-    # Room for a whole window's batches (4 budgets: 5-6 batches) between the window thread and
-    # the model thread, so that the next window is tokenized while this one's passes run.
-    "ahead": ("8 batches prepared ahead", {"NEWSQ_PREPARED_BATCHES": "8"}),
-    # Longer windows, a fuller last batch (fill), with room for their batches.
-    "window": (
-        "windows of 8 budgets, 16 batches ahead",
-        {"NEWSQ_WINDOW_BUDGETS": "8", "NEWSQ_PREPARED_BATCHES": "16"},
-    ),
+    # Longer windows: fewer short last batches (fill) on CUDA, where windows hold 4 budgets.
+    "window": ("windows of 8 budgets", {"NEWSQ_WINDOW_BUDGETS": "8"}),
 }
 
 
@@ -654,7 +646,6 @@ def against_bare(
     # common graphs only last (what it buys is measured).
     for variant, n, runs_here in (
         ("eager", 1, cuda),
-        ("ahead", most, cuda),
         ("nofk", most, postgresql),
         ("writers", 1, True),
         ("window", most, cuda),

@@ -78,13 +78,6 @@ class Settings(BaseSettings):
         description="Once a window of waiting articles closes, the batcher takes what is already"
         " waiting up to this many token budgets, to sort by length; unset: 16 on CPU, 4 on CUDA.",
     )
-    prepared_batches: int | None = Field(
-        None,
-        gt=0,
-        description="Batches tokenized and padded ahead, waiting for a model thread: one"
-        " window's worth lets the tokenizer cut the next window while the forward passes run"
-        " this one; unset: 1 per model thread.",
-    )
     max_length: int = Field(
         64, gt=2, le=512, description="Tokens per article (longer is truncated)."
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -78,7 +77,6 @@ def make_batcher(
     writers: int = 1,
     senders: int | None = None,
     watch: Watcher | None = None,
-    prepared_batches: int | None = None,
 ) -> Batcher:
     runtime = runtime_class.load(str(small_model), device="cpu", max_length=32)
     store.register_model_version(runtime.version, runtime.path)
@@ -88,7 +86,6 @@ def make_batcher(
         store,
         policy,
         model_threads=model_threads,
-        prepared_batches=prepared_batches,
         writers=writers,
         senders=senders,
         watch=watch,
@@ -167,42 +164,6 @@ def test_an_alone_task_is_tokenized_and_batched_by_itself(
         titles("suspect"),  # it closed the window before it, and nothing joined its own
         titles("c") + titles("d"),
     ]
-
-
-class HeldForward(WindowLog):
-    """Logs its windows like WindowLog; each forward pass waits until `go` is set."""
-
-    go: ClassVar[threading.Event] = threading.Event()
-
-    def predict(self, batch: TensorBatch) -> np.ndarray:
-        assert self.go.wait(timeout=60)
-        return super().predict(batch)
-
-
-@pytest.mark.parametrize(("prepared_batches", "windows_while_held"), [(None, 1), (16, 2)])
-def test_with_room_for_a_window_of_batches_the_next_window_is_tokenized_during_the_forward(
-    small_model: Path, sqlite_engine: Engine, prepared_batches: int | None, windows_while_held: int
-) -> None:
-    """One batch of room (the default): the window thread is still handing the first window's
-    batches over while its first forward pass runs, so the second window waits; with room for
-    them all it is tokenized meanwhile, as a GPU worker needs (NEWSQ_PREPARED_BATCHES)."""
-    HeldForward.windows, HeldForward.go = [], threading.Event()
-    batcher = make_batcher(
-        small_model,
-        CountingStore(sqlite_engine),
-        runtime_class=HeldForward,
-        prepared_batches=prepared_batches,
-    )
-    # ~13 tokens a title: 600 fill the window's 4 budgets of 2,048 tokens, 5 batches or more.
-    first = batcher.submit([Article(title=f"第{i}条新闻的标题") for i in range(600)])
-    wait_until(lambda: len(HeldForward.windows) == 1, timeout=30)
-    second = batcher.submit([Article(title=f"另一批第{i}条新闻") for i in range(10)])
-    time.sleep(1.0)  # the second window's time to be tokenized, where there is room
-    assert len(HeldForward.windows) == windows_while_held
-    HeldForward.go.set()
-    assert first.wait(timeout=60) and second.wait(timeout=60)
-    batcher.close()
-    assert len(HeldForward.windows) == 2
 
 
 def test_a_failed_batch_fails_its_tasks_and_the_batcher_keeps_serving(

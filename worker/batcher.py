@@ -4,7 +4,7 @@ Threads form a pipeline so that tokenizing, the forward pass and the SQL write o
 batches overlap (each releases the GIL in native code):
 
     submit() -> inbox (a list per task) -> [tokenize: window, sort, cut, pad]
-        -> NEWSQ_PREPARED_BATCHES ahead (1 per model thread) -> [model] x model_threads
+        -> 1 batch ahead per model thread -> [model] x model_threads
         -> up to 8 batches ahead -> [write: all that wait, in one transaction] x writers
 
 On a CPU several model threads run single-threaded forward passes side by side (worker/tuning.py);
@@ -148,15 +148,10 @@ class Batcher:
         watch: Watcher | None = None,
         watch_interval_s: float = 5.0,
         model_threads: int = 1,
-        prepared_batches: int | None = None,
         writers: int = 1,
         senders: int | None = None,
     ) -> None:
-        """`prepared_batches`: how many tokenized batches may wait for the model threads (None:
-        one each). The window thread puts a window's batches one by one, so with room for fewer
-        than a window holds it starts on the next window only when the model threads are on the
-        last batches of this one, and a GPU waits out the tokenizing of each window.
-        `writers`: write threads, each committing its own transactions on its own connection.
+        """`writers`: write threads, each committing its own transactions on its own connection.
         `senders`: how many threads submit, each waiting on its ticket before it submits
         again (the Celery pool's); a window that holds a ticket of each closes at once."""
         self.runtime = runtime
@@ -171,9 +166,9 @@ class Batcher:
         self._arrivals = ArrivalRate()  # read and written by the tokenize thread only
         self._deferred: list[_Item] | None = None  # an alone task's items, next window's own
         self._inbox: queue.Queue[Any] = queue.Queue()
-        # Scored batches wait for the writer, which takes all that are waiting at once (see
-        # _collect_writes).
-        self._prepared: queue.Queue[Any] = queue.Queue(maxsize=prepared_batches or model_threads)
+        # One batch prepared ahead of each model thread; scored batches wait for the writer,
+        # which takes all that are waiting at once (see _collect_writes).
+        self._prepared: queue.Queue[Any] = queue.Queue(maxsize=model_threads)
         self._scored: queue.Queue[Any] = queue.Queue(maxsize=SCORED_BACKLOG)
         self._modelers = _Countdown(model_threads)
         self._threads = [

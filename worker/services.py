@@ -43,7 +43,6 @@ def tuning_for(settings: Settings, device_type: str) -> tuning.Tuning:
         token_budget=settings.token_budget,
         max_rows=settings.max_batch_rows,
         window_budgets=settings.window_budgets,
-        prepared_batches=settings.prepared_batches,
         model_threads=settings.model_threads,
         tokenizer_parallelism=settings.tokenizer_parallelism,
         task_threads=settings.concurrency,
@@ -82,7 +81,6 @@ def batcher() -> Batcher:
                 watch=promoted_runtime,
                 watch_interval_s=settings.reload_interval_s,
                 model_threads=tuned.model_threads,
-                prepared_batches=tuned.prepared_batches,
                 writers=settings.writers,
                 senders=tuned.task_threads,
             ).start()

@@ -70,7 +70,6 @@ class Tuning:
     token_budget: int
     max_rows: int  # of one batch
     window_budgets: int  # a window holds up to this many token budgets (BatchPolicy)
-    prepared_batches: int  # batches waiting for the model threads, tokenized and padded
     model_threads: int  # forward passes running side by side
     torch_threads: int  # intra-op threads of each
     tokenizer_parallelism: bool
@@ -84,7 +83,6 @@ def resolve(
     token_budget: int | None = None,
     max_rows: int | None = None,
     window_budgets: int | None = None,
-    prepared_batches: int | None = None,
     model_threads: int | None = None,
     tokenizer_parallelism: bool | None = None,
     task_threads: int | None = None,
@@ -96,7 +94,6 @@ def resolve(
         token_budget=token_budget or (CUDA_TOKEN_BUDGET if cuda else CPU_TOKEN_BUDGET),
         max_rows=max_rows or (CUDA_MAX_ROWS if cuda else CPU_MAX_ROWS),
         window_budgets=window_budgets or (CUDA_WINDOW_BUDGETS if cuda else CPU_WINDOW_BUDGETS),
-        prepared_batches=prepared_batches or threads,
         model_threads=threads,
         torch_threads=max(1, cores // threads),
         tokenizer_parallelism=cuda if tokenizer_parallelism is None else tokenizer_parallelism,
