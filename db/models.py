@@ -66,8 +66,9 @@ class Prediction(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    article_id: Mapped[str] = mapped_column(ForeignKey("articles.id"))
-    model_version: Mapped[str] = mapped_column(ForeignKey("model_versions.version"))
+    # No foreign keys: their per-row checks bounded the writes (migration 0003 says why).
+    article_id: Mapped[str] = mapped_column(String(256))
+    model_version: Mapped[str] = mapped_column(String(128))
     label_id: Mapped[int] = mapped_column(Integer)
     label: Mapped[str] = mapped_column(String(64))
     score: Mapped[float] = mapped_column(Float)

@@ -6,10 +6,15 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, select, text, update
+from sqlalchemy import Engine, insert, select, text, update
+from sqlalchemy.exc import IntegrityError
 
+from db.engine import make_engine
+from db.migrate import alembic_config
 from db.models import ArticleRow, Base, ModelVersion, Prediction
 from db.queries import latest_labels
 from db.store import ResultColumns, ResultStore
@@ -37,6 +42,58 @@ def results(
 
 
 def test_migrations_match_the_models(engine: Engine) -> None:
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+
+
+def migrate(url: str, revision: str, *, down: bool = False) -> None:
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        (command.downgrade if down else command.upgrade)(config, revision)
+    engine.dispose()
+
+
+def orphan_prediction(engine: Engine) -> None:
+    """A prediction of an article and a version that were never stored."""
+    with engine.begin() as conn:
+        conn.execute(
+            insert(Prediction).values(
+                article_id="nowhere",
+                model_version="none",
+                label_id=0,
+                label="finance",
+                score=1.0,
+                probs=[1.0],
+                created_at=datetime.now(UTC),
+            )
+        )
+
+
+def test_predictions_lose_their_foreign_keys_and_get_them_back_keeping_rows_and_view(
+    database_url: str, engine: Engine
+) -> None:
+    """Migration 0003 both ways, on a database with rows: the rows and the view survive each
+    step, and only the step down refuses a prediction of an unknown article."""
+    store = ResultStore(engine)
+    store.register_model_version("v1", "/m")
+    store.write_batch(results(["a1"], ["标题"], [0], ["finance"], [[0.9, 0.1]]), "v1")
+    orphan_prediction(engine)  # head: no foreign keys
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM predictions WHERE article_id = 'nowhere'"))
+    engine.dispose()
+
+    migrate(database_url, "0002", down=True)
+    with pytest.raises(IntegrityError):
+        orphan_prediction(engine)
+    assert latest_labels(engine, ["a1"]) == {"a1": "finance"}
+    engine.dispose()
+
+    migrate(database_url, "head")
+    orphan_prediction(engine)
+    assert latest_labels(engine, ["a1"]) == {"a1": "finance"}
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
