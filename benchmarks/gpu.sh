@@ -96,9 +96,9 @@ status=0
 bench "${BENCH_TIMEOUT:-400}" --models "${MODELS:-base,null}" \
   --databases "${DATABASES:-${pg_url:+postgresql,}sqlite}" --processes "$processes" \
   --batch-sizes "${BATCH_SIZES:-1,256,1024,2048}" --budget "${BUDGET:-330}" \
-  --steps "${STEPS:-bare,newsq,nofk,writers,window,common,naive,null,latency,single}" \
+  --steps "${STEPS:-bare,newsq,window,common,naive,null,latency,single}" \
   ${PROFILE:+--profile "$out/profiles"} --output "$out/pipeline-gpu.json" || status=$?
-# 8 processes (MPS_PROCESSES; MPS_STEPS, e.g. nofk: that variant instead) under CUDA MPS
+# 8 processes (MPS_PROCESSES; MPS_STEPS, e.g. window: that variant instead) under CUDA MPS
 # (MPS=0: not): their kernels then share the GPU at
 # once instead of taking turns in time slices (bert-base, PostgreSQL, on the H200: 8 processes
 # 47,050 -> 57,190 articles/s; in another run, 4 processes 31,824 and 8 42,366 with MPS).

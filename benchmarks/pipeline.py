@@ -62,16 +62,14 @@ DATA = Path(os.environ.get("NEWSQ_BENCH_DATA", ROOT.parent / "shared/data"))
 METRICS_PORT = 9890
 # The parts of a run (--steps): the bare model, newsq with 256-article messages, the same with
 # the CUDA graphs off (1 process), with only the common graphs captured at start (the most
-# processes), with 2 writers (1 process), on PostgreSQL without the foreign keys of predictions
-# (the most processes), with windows of 8 budgets (the most processes, CUDA), the naive worker,
-# the null model, light-load latency, 1-article messages.
+# processes), with 2 writers (1 process, CPU), with windows of 8 budgets (the most processes, CUDA),
+# the naive worker, the null model, light-load latency, 1-article messages.
 STEPS = (
     "bare",
     "newsq",
     "eager",
     "common",
     "writers",
-    "nofk",
     "window",
     "naive",
     "null",
@@ -90,11 +88,9 @@ VARIANTS = {
     "eager": ("CUDA graphs off", {"NEWSQ_CUDA_GRAPHS": "false"}),
     # What capturing every row bucket at start-up buys against the common shapes alone.
     "common": ("common graphs at start", {"NEWSQ_CUDA_GRAPHS_WARMUP": "common"}),
-    # A second write thread (NEWSQ_WRITERS), for a process whose write stage is always busy.
+    # A second write thread (NEWSQ_WRITERS), for a process whose write stage is always busy: the
+    # default on CUDA with PostgreSQL, measured here on a CPU.
     "writers": ("2 writers", {"NEWSQ_WRITERS": "2"}),
-    # What the per-row checks of predictions' two foreign keys cost end to end: a third of the
-    # PostgreSQL upsert's server time (EXPLAIN ANALYZE, README). Dropped in the case's schema.
-    "nofk": ("no foreign keys", {}),
     # Longer windows: fewer short last batches (fill) on CUDA, where windows hold 4 budgets.
     "window": ("windows of 8 budgets", {"NEWSQ_WINDOW_BUDGETS": "8"}),
 }
@@ -237,9 +233,8 @@ def sync(device: torch.device) -> None:
 
 # -- services ------------------------------------------------------------------------------------
 @contextmanager
-def database(kind: str, work: Path, pg_url: str, foreign_keys: bool = True) -> Iterator[str]:
-    """A fresh, migrated database: a SQLite file, or a PostgreSQL schema dropped afterwards
-    (without `foreign_keys`: predictions' dropped)."""
+def database(kind: str, work: Path, pg_url: str) -> Iterator[str]:
+    """A fresh, migrated database: a SQLite file, or a PostgreSQL schema dropped afterwards."""
     if kind == "sqlite":
         url = f"sqlite:///{work / f'bench-{uuid.uuid4().hex[:8]}.db'}"
         upgrade(url)
@@ -256,22 +251,10 @@ def database(kind: str, work: Path, pg_url: str, foreign_keys: bool = True) -> I
         # a socket URL (benchmarks/gpu.sh's own server) already has a query: ?host=...
         url = f"{pg_url}{'&' if '?' in pg_url else '?'}options=-csearch_path%3D{schema}"
         upgrade(url)
-        if not foreign_keys:
-            drop_foreign_keys(plain, schema, "predictions")
         yield url
     finally:
         with psycopg.connect(plain, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-
-
-def drop_foreign_keys(url: str, schema: str, table: str) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        names = conn.execute(
-            "SELECT conname FROM pg_constraint WHERE contype = 'f' AND conrelid = %s::regclass",
-            (f'"{schema}".{table}',),
-        ).fetchall()
-        for (name,) in names:
-            conn.execute(f'ALTER TABLE "{schema}".{table} DROP CONSTRAINT "{name}"')
 
 
 @contextmanager
@@ -575,7 +558,7 @@ def newsq_run(
     """Enqueue through `--producers` NewsClient processes (`--warm-articles` first, from this
     one), time from their start until every row is committed."""
     with (
-        database(kind, args.work, args.pg_url, foreign_keys=variant != "nofk") as url,
+        database(kind, args.work, args.pg_url) as url,
         newsq_workers(
             args.redis_url, url, model_dir, args, variant=variant, processes=processes
         ) as pids,
@@ -641,13 +624,11 @@ def against_bare(
     # The variants' process counts: the graphs captured at start matter most where processes
     # share the GPU; a second writer where one process's write stage is saturated.
     most, cuda = max(args.processes), args.device.startswith("cuda")
-    postgresql = args.main_db == "postgresql"
     # In the order a budget should keep them: those that may change a default first, the
     # common graphs only last (what it buys is measured).
     for variant, n, runs_here in (
         ("eager", 1, cuda),
-        ("nofk", most, postgresql),
-        ("writers", 1, True),
+        ("writers", 1, not cuda),  # CUDA with PostgreSQL has two by default (worker/tuning.py)
         ("window", most, cuda),
         ("common", most, cuda),
     ):
@@ -899,8 +880,8 @@ def parse_args() -> argparse.Namespace:
         "--steps",
         type=lambda text: set(text.split(",")),
         default=set(STEPS),
-        help=f"which to run, of {','.join(STEPS)} (default: all; 'eager', 'common' only on CUDA,"
-        " 'nofk' only on PostgreSQL)",
+        help=f"which to run, of {','.join(STEPS)} (default: all; 'eager', 'window', 'common'"
+        " only on CUDA, 'writers' only on a CPU)",
     )
     parser.add_argument("--latency-rate", type=float, default=20.0)
     parser.add_argument("--latency-seconds", type=float, default=15.0)
@@ -949,24 +930,12 @@ def one_article_runs(run: Run, dirs: dict[str, str], titles: list[str], args: An
 
 def null_runs(run: Run, model_dir: str, titles: list[str], args: Any) -> None:
     """The pipeline's ceiling: the null model, 256-article messages, on each database with each
-    process count; with the `nofk` step, once more on PostgreSQL with the most processes and
-    predictions' foreign keys dropped (there the database server's CPU is a quarter of this
-    machine's: two processes, 2 cores)."""
-    cases = [(kind, n, "") for kind in args.databases for n in args.processes]
-    if "nofk" in args.steps and "postgresql" in args.databases:
-        cases.append(("postgresql", max(args.processes), "nofk"))
-    for kind, n, variant in cases:
-        run.measure(
-            f"null {kind} x{n} {variant}".rstrip(),
-            newsq_run,
-            model_dir,
-            kind,
-            256,
-            titles,
-            args,
-            variant=variant,
-            processes=n,
-        )
+    process count."""
+    for kind in args.databases:
+        for n in args.processes:
+            run.measure(
+                f"null {kind} x{n}", newsq_run, model_dir, kind, 256, titles, args, processes=n
+            )
 
 
 def measure(args: argparse.Namespace) -> tuple[Run, dict[str, float], dict[str, float]]:

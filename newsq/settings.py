@@ -93,12 +93,12 @@ class Settings(BaseSettings):
         description="Forward passes run side by side, each on cores / threads torch threads;"
         " unset: one per core on CPU, 1 on CUDA.",
     )
-    writers: int = Field(
-        1,
+    writers: int | None = Field(
+        None,
         gt=0,
-        description="Write threads, each committing batches on a database connection of its own:"
-        " for a worker whose write stage is always busy (PostgreSQL; SQLite lets one writer in"
-        " at a time).",
+        description="Write threads, each committing batches on a database connection of its own,"
+        " for a worker whose write stage is always busy; unset: 2 on CUDA with a database server,"
+        " else 1 (SQLite lets one writer in at a time; on 2 CPU cores two were no faster).",
     )
     tokenizer_parallelism: bool | None = Field(
         None,

@@ -15,6 +15,7 @@ from worker.tuning import (
     CUDA_TASK_THREADS,
     CUDA_TOKEN_BUDGET,
     CUDA_WINDOW_BUDGETS,
+    CUDA_WRITERS,
     Tuning,
     resolve,
     torch_threads,
@@ -30,6 +31,7 @@ def test_a_cpu_worker_runs_one_single_threaded_forward_pass_per_core() -> None:
         torch_threads=1,
         tokenizer_parallelism=False,
         task_threads=CPU_TASK_THREADS,
+        writers=1,
     )
 
 
@@ -42,6 +44,7 @@ def test_a_cuda_worker_runs_one_forward_pass_and_lets_the_tokenizer_use_the_core
         torch_threads=16,
         tokenizer_parallelism=True,
         task_threads=CUDA_TASK_THREADS,
+        writers=CUDA_WRITERS,
     )
 
 
@@ -55,6 +58,7 @@ def test_settings_override_every_default() -> None:
         model_threads=2,
         tokenizer_parallelism=True,
         task_threads=16,
+        writers=3,
     )
     assert tuned == Tuning(
         token_budget=1000,
@@ -64,6 +68,7 @@ def test_settings_override_every_default() -> None:
         torch_threads=4,
         tokenizer_parallelism=True,
         task_threads=16,
+        writers=3,
     )
 
 
@@ -91,3 +96,11 @@ def test_a_cpu_worker_holds_more_messages_than_a_cuda_worker_unless_told() -> No
     assert tuning_for(Settings(), "cpu").task_threads == CPU_TASK_THREADS
     assert tuning_for(Settings(), "cuda").task_threads == CUDA_TASK_THREADS
     assert tuning_for(Settings(concurrency=8), "cpu").task_threads == 8
+
+
+def test_a_cuda_worker_writes_on_two_connections_unless_its_database_is_sqlite() -> None:
+    """One bert-base process's single writer was its busiest stage; SQLite takes one writer."""
+    assert tuning_for(Settings(database_url="postgresql+psycopg://h/db"), "cuda").writers == 2
+    assert tuning_for(Settings(database_url="sqlite:///newsq.db"), "cuda").writers == 1
+    assert tuning_for(Settings(database_url="postgresql+psycopg://h/db"), "cpu").writers == 1
+    assert tuning_for(Settings(writers=3, database_url="sqlite:///n.db"), "cpu").writers == 3

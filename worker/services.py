@@ -46,6 +46,8 @@ def tuning_for(settings: Settings, device_type: str) -> tuning.Tuning:
         model_threads=settings.model_threads,
         tokenizer_parallelism=settings.tokenizer_parallelism,
         task_threads=settings.concurrency,
+        writers=settings.writers,
+        sqlite=settings.database_url.startswith("sqlite"),
     )
 
 
@@ -81,7 +83,7 @@ def batcher() -> Batcher:
                 watch=promoted_runtime,
                 watch_interval_s=settings.reload_interval_s,
                 model_threads=tuned.model_threads,
-                writers=settings.writers,
+                writers=tuned.writers,
                 senders=tuned.task_threads,
             ).start()
         return _Singletons.batcher

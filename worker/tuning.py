@@ -43,7 +43,14 @@ with a budget of 8,192 tokens (~400 rows): hence a budget of 32,768 tokens and u
 Replayed as CUDA graphs (worker/cuda_graphs.py) small batches cost far less (66,530 at 256, 75,703
 at 1,024, 77,830 at 2,048), and the large budget still gives the best rate with the fewest batch
 shapes to capture. Windows stay at 4 budgets there, as measured: the GPU waits while the tokenizer
-cuts the next window, so a longer window is a longer wait (not yet measured on a GPU).
+cuts the next window, so a longer window is a longer wait (not yet measured on a GPU; room for a
+whole window's batches ahead of the forward pass, so that the next is tokenized meanwhile, gained
+nothing with 8 processes: 45,618 vs 45,642 articles/s, H200, 2026-11-28).
+
+Two write threads on CUDA with PostgreSQL: one bert-base process's single writer was busy all the
+time (0.93) and two raised it from 14,477 to 21,356 articles/s (H200, 2026-11-28); with 8
+processes 56,505 against 55,029. On 2 CPU cores two writers were no faster (995 vs 1,066/s), and
+SQLite lets one writer in at a time, so one there.
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ CPU_WINDOW_BUDGETS = 16
 CUDA_WINDOW_BUDGETS = 4
 CPU_TASK_THREADS = 128
 CUDA_TASK_THREADS = 64
+CUDA_WRITERS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +82,7 @@ class Tuning:
     torch_threads: int  # intra-op threads of each
     tokenizer_parallelism: bool
     task_threads: int  # Celery's thread pool: messages held at once
+    writers: int  # write threads, each on a connection of its own
 
 
 def resolve(
@@ -86,8 +95,11 @@ def resolve(
     model_threads: int | None = None,
     tokenizer_parallelism: bool | None = None,
     task_threads: int | None = None,
+    writers: int | None = None,
+    sqlite: bool = False,
 ) -> Tuning:
-    """Fill what the settings leave unset (None) with the measured defaults above."""
+    """Fill what the settings leave unset (None) with the measured defaults above; `sqlite`:
+    the results go to SQLite, which lets one writer in at a time."""
     cuda = device_type == "cuda"
     threads = model_threads or (1 if cuda else max(1, cores))
     return Tuning(
@@ -98,6 +110,7 @@ def resolve(
         torch_threads=max(1, cores // threads),
         tokenizer_parallelism=cuda if tokenizer_parallelism is None else tokenizer_parallelism,
         task_threads=task_threads or (CUDA_TASK_THREADS if cuda else CPU_TASK_THREADS),
+        writers=writers or (CUDA_WRITERS if cuda and not sqlite else 1),
     )
 
 
