@@ -4,9 +4,10 @@
 # or 8 worker processes sharing the GPU), the naive worker and light-load latency; PROFILE=1
 # adds py-spy profiles of the workers (profiles.tgz). Four producer processes enqueue in parallel
 # (PRODUCERS): one client sent 56,000-96,000 articles/s there, less than the bare model does.
-# 200,000 articles a case: 100,000 lasted 3 s with 8 processes, start and tail included. A
+# 200,000 articles a case per worker process (PER_PROCESS=0: a case, whatever its processes:
+# then 8 processes' case lasted ~3.5 s, a sixth of it filling and draining the stages). A
 # worker captures every batch shape's CUDA graph before it consumes (129 for bert-base, ~15 s, so
-# a case takes 45-60 s); before the clock, 10,000 articles per worker process (WARM_ARTICLES)
+# a case took 45-60 s with 200,000 articles, and 1,600,000 for 8 processes add ~25 s); before the clock, 10,000 articles per worker process (WARM_ARTICLES)
 # warm the rest of its pipeline and, for the `common` step (8 processes that capture only the
 # common shapes at start, the previous default), let it meet and capture the run's other shapes
 # (without that, eager first passes and captures were 17% of the 8-process model thread on the
@@ -89,6 +90,7 @@ bench() {  # bench SECONDS ARGS...: benchmarks/run with this machine's services 
     --null-articles "${NULL_ARTICLES:-200000}" --model-articles "${MODEL_ARTICLES:-200000}" \
     --single-articles "${SINGLE_ARTICLES:-10000}" --naive-articles "${NAIVE_ARTICLES:-500}" \
     --warm-articles "${WARM_ARTICLES:-10000}" --latency-seconds 10 --rounds 1 --timeout 120 \
+    $([ "${PER_PROCESS:-1}" = 1 ] && echo --per-process) \
     --redis-url "redis://127.0.0.1:$port/0"
 }
 # bert-base first: what the run is for comes first if the budget cuts the tail (listed as skipped)

@@ -614,10 +614,18 @@ def against_bare(
     only itself (a GPU worker's start captures its graphs, ~20 s a case)."""
     steps: list[tuple[str, Callable[[], Case | list[Case]]]] = []
     if "bare" in args.steps:
-        steps.append(("bare", partial(bare, model_dir, titles, args.device, args.batch_sizes)))
+        ceiling_titles = titles[: args.model_articles]
+        steps.append(
+            ("bare", partial(bare, model_dir, ceiling_titles, args.device, args.batch_sizes))
+        )
     if "newsq" in args.steps:
         steps += [
-            (f"{kind} x{n}", partial(newsq_run, model_dir, kind, 256, titles, args, processes=n))
+            (
+                f"{kind} x{n}",
+                partial(
+                    newsq_run, model_dir, kind, 256, titles_for(titles, n, args), args, processes=n
+                ),
+            )
             for kind in databases
             for n in args.processes
         ]
@@ -633,8 +641,16 @@ def against_bare(
         ("common", most, cuda),
     ):
         if variant in args.steps and runs_here:
+            case_titles = titles_for(titles, n, args)
             with_variant = partial(
-                newsq_run, model_dir, args.main_db, 256, titles, args, variant=variant, processes=n
+                newsq_run,
+                model_dir,
+                args.main_db,
+                256,
+                case_titles,
+                args,
+                variant=variant,
+                processes=n,
             )
             steps.append((f"{args.main_db} x{n} {variant}", with_variant))
     rounds: dict[tuple[str, int], list[Case]] = {}
@@ -852,6 +868,14 @@ def parse_args() -> argparse.Namespace:
         "timed)",
     )
     parser.add_argument(
+        "--per-process",
+        action="store_true",
+        help="--model-articles and --null-articles count per worker process in the 256-article"
+        " cases (N processes classify N times as many), so that a case lasts about as long"
+        " whatever N: with 8 processes on the H200, 200,000 articles lasted ~3.5 s, a sixth of"
+        " it filling and draining the stages",
+    )
+    parser.add_argument(
         "--batch-sizes",
         type=lambda text: [int(n) for n in text.split(",")],
         default=[1, 64, 256],
@@ -933,15 +957,26 @@ def null_runs(run: Run, model_dir: str, titles: list[str], args: Any) -> None:
     process count."""
     for kind in args.databases:
         for n in args.processes:
+            case_titles = titles_for(titles, n, args, args.null_articles)
             run.measure(
-                f"null {kind} x{n}", newsq_run, model_dir, kind, 256, titles, args, processes=n
+                f"null {kind} x{n}", newsq_run, model_dir, kind, 256, case_titles, args, processes=n
             )
+
+
+def titles_for(titles: list[str], processes: int, args: Any, count: int | None = None) -> list[str]:
+    """The titles of a 256-article case of `processes` worker processes: `count` (default
+    --model-articles), times `processes` with --per-process."""
+    count = args.model_articles if count is None else count
+    return titles[: count * (processes if args.per_process else 1)]
 
 
 def measure(args: argparse.Namespace) -> tuple[Run, dict[str, float], dict[str, float]]:
     """Every step in order; returns them with the bare ceiling and the naive rate per model."""
     models, databases = args.models, args.databases
-    titles = read_titles(max(args.null_articles, args.model_articles, args.single_articles))
+    scale = max(args.processes) if args.per_process else 1
+    titles = read_titles(
+        max(args.null_articles * scale, args.model_articles * scale, args.single_articles)
+    )
     run = Run(time.monotonic() + args.budget)
     with tempfile.TemporaryDirectory(prefix="newsq-bench-") as tmp:
         args.work = Path(tmp)
@@ -954,13 +989,13 @@ def measure(args: argparse.Namespace) -> tuple[Run, dict[str, float], dict[str, 
         for shape in models:
             if shape == "null":
                 if "null" in args.steps:
-                    null_runs(run, dirs[shape], titles[: args.null_articles], args)
+                    null_runs(run, dirs[shape], titles, args)
                 continue
             compared = run.measure(
                 f"{shape} vs bare",
                 against_bare,
                 dirs[shape],
-                titles[: args.model_articles],
+                titles,
                 databases,
                 args,
                 run,

@@ -1,13 +1,15 @@
-"""The benchmark's sustained rate and CPU clock (benchmarks/pipeline.py), on made-up inputs."""
+"""The benchmark's sustained rate, CPU clock and case sizes (benchmarks/pipeline.py), on made-up
+inputs."""
 
 from __future__ import annotations
 
 import os
 import time
+from argparse import Namespace
 
 import pytest
 
-from benchmarks.pipeline import CpuClock, cpu_ticks, sustained_rate
+from benchmarks.pipeline import CpuClock, cpu_ticks, sustained_rate, titles_for
 
 
 def test_a_steady_middle_is_measured_without_a_slow_start_and_tail() -> None:
@@ -37,3 +39,12 @@ def test_the_cpu_clock_counts_a_workers_busy_seconds() -> None:
         pass
     spent = CpuClock.read([os.getpid()]).since(before, articles=1)
     assert spent["worker_cpu_us"] >= 0.25e6
+
+
+def test_per_process_cases_give_each_worker_process_the_same_share() -> None:
+    titles = [f"t{i}" for i in range(100)]
+    whole = Namespace(model_articles=10, per_process=False)
+    each = Namespace(model_articles=10, per_process=True)
+    assert titles_for(titles, 8, whole) == titles[:10]
+    assert titles_for(titles, 8, each) == titles[:80]
+    assert titles_for(titles, 2, each, count=30) == titles[:60]  # --null-articles
