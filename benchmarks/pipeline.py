@@ -871,9 +871,9 @@ def parse_args() -> argparse.Namespace:
         "--per-process",
         action="store_true",
         help="--model-articles and --null-articles count per worker process in the 256-article"
-        " cases (N processes classify N times as many), so that a case lasts about as long"
-        " whatever N: with 8 processes on the H200, 200,000 articles lasted ~3.5 s, a sixth of"
-        " it filling and draining the stages",
+        " cases (N processes classify N times as many), so that a case of many processes is not"
+        " mostly its start and tail: with 8 processes on the H200, 200,000 articles lasted ~3.5"
+        " s, a sixth of it filling and draining the stages",
     )
     parser.add_argument(
         "--batch-sizes",
