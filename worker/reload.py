@@ -19,10 +19,20 @@ log = logging.getLogger(__name__)
 
 # Given the newest version loaded, returns a newly promoted model, loaded, or None.
 Watcher = Callable[[str], "ModelRuntime | None"]
+RETRY_CAP_S = 60.0  # the longest wait between checks after failed loads
+
+
+def retry_delay(interval_s: float, failures: int, cap_s: float = RETRY_CAP_S) -> float:
+    """The wait before the next check after `failures` failed loads in a row: the interval,
+    doubled per failure up to `cap_s`. A promoted model that cannot load (a folder not copied
+    yet, a broken file) was tried again every interval, each time with a full traceback in the
+    log; the cap keeps a fixed or newly promoted model at most a minute away."""
+    return min(interval_s * 2.0**failures, max(cap_s, interval_s))
 
 
 class ModelReload:
-    """Asks `watch` every `interval_s` and hands what it loads to `switch`, in its own thread."""
+    """Asks `watch` every `interval_s` (less often while loads fail: retry_delay) and hands what
+    it loads to `switch`, in its own thread."""
 
     def __init__(
         self,
@@ -48,13 +58,31 @@ class ModelReload:
         self._stop.set()
 
     def _loop(self) -> None:
-        while not self._stop.wait(self._interval_s):
+        failures = 0  # in a row
+        while not self._stop.wait(retry_delay(self._interval_s, failures)):
             try:
                 fresh = self._watch(self._version)
-            except Exception:
+            except Exception as exc:
+                failures += 1
                 metrics.RELOAD_FAILURES.inc()
-                log.exception("loading a promoted model failed; keeping %s", self._version)
+                delay = retry_delay(self._interval_s, failures)
+                if failures == 1:  # the traceback once a streak, then one line each time
+                    log.exception(
+                        "loading a promoted model failed; keeping %s, trying again in %.0f s",
+                        self._version,
+                        delay,
+                    )
+                else:
+                    log.warning(
+                        "loading a promoted model failed again (%d in a row: %r); keeping %s,"
+                        " trying again in %.0f s",
+                        failures,
+                        exc,
+                        self._version,
+                        delay,
+                    )
                 continue
+            failures = 0
             if fresh is not None and not self._stop.is_set():
                 self._version = fresh.version
                 self._switch(fresh)
