@@ -7,8 +7,8 @@
 # 200,000 articles a case per worker process (PER_PROCESS=0: a case, whatever its processes:
 # then 8 processes' case lasted ~3.5 s, a sixth of it filling and draining the stages). A
 # worker captures every batch shape's CUDA graph before it consumes (129 for bert-base, ~15 s, so
-# a case took 45-60 s with 200,000 articles, and 1,600,000 for 8 processes add ~25 s); before the clock, 10,000 articles per worker process (WARM_ARTICLES)
-# warm the rest of its pipeline and, for the `common` step (8 processes that capture only the
+# a case took 45-60 s with 200,000 articles, and 1,600,000 for 8 processes add ~25 s); before
+# the clock, 10,000 articles per worker process (WARM_ARTICLES) warm the rest of its pipeline and, for the `common` step (8 processes that capture only the
 # common shapes at start, the previous default), let it meet and capture the run's other shapes
 # (without that, eager first passes and captures were 17% of the 8-process model thread on the
 # H200), as the bare loop captures its own before it is timed. The CUDA graphs' end-to-end case

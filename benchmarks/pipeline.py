@@ -618,16 +618,22 @@ def against_bare(
         steps.append(
             ("bare", partial(bare, model_dir, ceiling_titles, args.device, args.batch_sizes))
         )
+
+    def newsq_case(kind: str, n: int, variant: str = "") -> Callable[[], Case]:
+        return partial(
+            newsq_run,
+            model_dir,
+            kind,
+            256,
+            titles_for(titles, n, args),
+            args,
+            variant=variant,
+            processes=n,
+        )
+
     if "newsq" in args.steps:
         steps += [
-            (
-                f"{kind} x{n}",
-                partial(
-                    newsq_run, model_dir, kind, 256, titles_for(titles, n, args), args, processes=n
-                ),
-            )
-            for kind in databases
-            for n in args.processes
+            (f"{kind} x{n}", newsq_case(kind, n)) for kind in databases for n in args.processes
         ]
     # The variants' process counts: the graphs captured at start matter most where processes
     # share the GPU; a second writer where one process's write stage is saturated.
@@ -641,18 +647,7 @@ def against_bare(
         ("common", most, cuda),
     ):
         if variant in args.steps and runs_here:
-            case_titles = titles_for(titles, n, args)
-            with_variant = partial(
-                newsq_run,
-                model_dir,
-                args.main_db,
-                256,
-                case_titles,
-                args,
-                variant=variant,
-                processes=n,
-            )
-            steps.append((f"{args.main_db} x{n} {variant}", with_variant))
+            steps.append((f"{args.main_db} x{n} {variant}", newsq_case(args.main_db, n, variant)))
     rounds: dict[tuple[str, int], list[Case]] = {}
     for number in range(1, args.rounds + 1):
         for label, step in steps:

@@ -16,10 +16,14 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """Create an engine; call it inside the process that uses it (after any fork)."""
     url = normalize_url(url)
-    if url.startswith("sqlite"):
+    if is_sqlite(url):
         # Worker threads, the task threads and other processes write the same file: WAL lets
         # readers run beside the one writer, busy_timeout makes writers queue instead of failing.
         engine = create_engine(url, connect_args={"timeout": 60}, **kwargs)

@@ -12,7 +12,7 @@ import threading
 import torch
 
 from db import queries
-from db.engine import make_engine
+from db.engine import is_sqlite, make_engine
 from db.store import ResultStore
 from newsq.settings import Settings, get_settings
 from worker import metrics, tuning
@@ -47,7 +47,7 @@ def tuning_for(settings: Settings, device_type: str) -> tuning.Tuning:
         tokenizer_parallelism=settings.tokenizer_parallelism,
         task_threads=settings.concurrency,
         writers=settings.writers,
-        sqlite=settings.database_url.startswith("sqlite"),
+        sqlite=is_sqlite(settings.database_url),
     )
 
 
