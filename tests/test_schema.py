@@ -119,6 +119,24 @@ def test_view_shows_one_row_per_article_preferring_the_promoted_version(engine: 
         assert rows.all() == [("a1", "标题", "v1")]
 
 
+def test_warm_up_readies_a_connection_per_writer_and_writes_nothing(engine: Engine) -> None:
+    store = ResultStore(engine)
+    store.warm_up(2)
+    assert engine.pool.checkedin() == 2  # kept in the pool for the two writers
+    with engine.connect() as first, engine.connect() as second:
+        for conn in (first, second):
+            assert conn.execute(text("SELECT count(*) FROM articles")).scalar_one() == 0
+            assert conn.execute(text("SELECT count(*) FROM predictions")).scalar_one() == 0
+            if engine.dialect.name == "postgresql":  # each has its staging table
+                stage = text("SELECT to_regclass('pg_temp.newsq_stage_results')")
+                assert conn.execute(stage).scalar_one() is not None
+    assert engine.pool.checkedin() == 2  # those two: none was opened for the reads
+    store.register_model_version("v1", "/m")
+    store.write_batch(results(["a"], ["标题"], [0], ["finance"], [[0.9, 0.1]]), "v1")
+    with engine.connect() as conn:
+        assert conn.execute(select(Prediction.article_id)).scalars().all() == ["a"]
+
+
 def test_writing_the_same_batch_twice_upserts(engine: Engine) -> None:
     store = ResultStore(engine)
     store.register_model_version("v1", "/m")

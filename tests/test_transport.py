@@ -25,9 +25,26 @@ def test_publishes_share_one_client_and_arrive(clean_redis: str) -> None:
         channel = client.connection().default_channel
         assert isinstance(channel, transport.Channel)
         with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
-            assert first is second is channel._shared_client
+            assert first is second is channel.shared_client
         client.enqueue([{"title": "再来一条"}], chunk_size=1)
     assert redis.Redis.from_url(clean_redis).llen(CLASSIFY_QUEUE) == 4
+
+
+@pytest.mark.services
+def test_a_client_opened_by_with_sends_its_first_article_on_an_open_connection(
+    clean_redis: str,
+) -> None:
+    server = redis.Redis.from_url(clean_redis)
+    db = str(server.connection_pool.connection_kwargs["db"])
+
+    def connections() -> int:
+        return sum(1 for c in server.client_list() if c["db"] == db)
+
+    with NewsClient(clean_redis) as client:
+        opened = connections()
+        client.enqueue([{"id": "first", "title": "第一条"}], chunk_size=1)
+        assert connections() == opened  # the send found its connection open
+    assert queued_ids(clean_redis) == ["first"]
 
 
 def queued_ids(redis_url: str) -> list[str]:

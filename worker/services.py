@@ -18,7 +18,7 @@ from newsq.settings import Settings, get_settings
 from worker import metrics, tuning
 from worker.batch_policy import BatchPolicy
 from worker.batcher import Batcher
-from worker.model import ModelRuntime
+from worker.model import ModelRuntime, resolve_device
 
 
 class _Singletons:
@@ -69,12 +69,14 @@ def batcher() -> Batcher:
     with _Singletons.lock:
         if _Singletons.batcher is None:
             settings = get_settings()
-            runtime = promoted_runtime(None) or load(settings.model_dir, settings.model_version)
-            tuned = tuning_for(settings, runtime.device.type)
-            # Read by the Rust tokenizer at each call; torch's pool is sized before first use.
+            tuned = tuning_for(settings, resolve_device(settings.device).type)
+            # Read by the Rust tokenizer at each call; torch's pool is sized before its first
+            # use, the warm-up pass in load().
             os.environ["TOKENIZERS_PARALLELISM"] = str(tuned.tokenizer_parallelism).lower()
             torch.set_num_threads(tuned.torch_threads)
+            runtime = promoted_runtime(None) or load(settings.model_dir, settings.model_version)
             results.register_model_version(runtime.version, runtime.path)
+            results.warm_up(tuned.writers)
             metrics.MODEL.info({"version": runtime.version, "device": str(runtime.device)})
             _Singletons.batcher = Batcher(
                 runtime,
@@ -90,7 +92,9 @@ def batcher() -> Batcher:
 
 
 def load(name_or_path: str, version: str | None) -> ModelRuntime:
-    """The model, warmed up on CUDA at the shapes it will meet most before it serves."""
+    """The model, warmed up before it serves: on CUDA at the shapes it will meet most, on a CPU
+    by one pass of one row (a first pass's one-time cost there, ~4 ms with the small model, is
+    paid once, not per shape)."""
     settings = get_settings()
     runtime = ModelRuntime.load(
         name_or_path,
@@ -101,10 +105,12 @@ def load(name_or_path: str, version: str | None) -> ModelRuntime:
         precision=settings.precision,
         cuda_graphs=settings.cuda_graphs,
     )
+    tuned = tuning_for(settings, runtime.device.type)
+    shapes = policy_from(settings, tuned, runtime.pad_multiple).warm_shapes()
     if runtime.device.type == "cuda":
-        tuned = tuning_for(settings, runtime.device.type)
-        policy = policy_from(settings, tuned, runtime.pad_multiple)
-        runtime.warm_up(policy.warm_shapes(), every_row_bucket=settings.cuda_graphs_warmup == "all")
+        runtime.warm_up(shapes, every_row_bucket=settings.cuda_graphs_warmup == "all")
+    else:
+        runtime.warm_up(shapes[:1])
     return runtime
 
 
