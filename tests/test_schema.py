@@ -12,6 +12,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import QueuePool
 
 from db.engine import make_engine
 from db.migrate import alembic_config
@@ -122,7 +123,9 @@ def test_view_shows_one_row_per_article_preferring_the_promoted_version(engine: 
 def test_warm_up_readies_a_connection_per_writer_and_writes_nothing(engine: Engine) -> None:
     store = ResultStore(engine)
     store.warm_up(2)
-    assert engine.pool.checkedin() == 2  # kept in the pool for the two writers
+    pool = engine.pool
+    assert isinstance(pool, QueuePool)
+    assert pool.checkedin() == 2  # kept in the pool for the two writers
     with engine.connect() as first, engine.connect() as second:
         for conn in (first, second):
             assert conn.execute(text("SELECT count(*) FROM articles")).scalar_one() == 0
@@ -130,7 +133,7 @@ def test_warm_up_readies_a_connection_per_writer_and_writes_nothing(engine: Engi
             if engine.dialect.name == "postgresql":  # each has its staging table
                 stage = text("SELECT to_regclass('pg_temp.newsq_stage_results')")
                 assert conn.execute(stage).scalar_one() is not None
-    assert engine.pool.checkedin() == 2  # those two: none was opened for the reads
+    assert pool.checkedin() == 2  # those two: none was opened for the reads
     store.register_model_version("v1", "/m")
     store.write_batch(results(["a"], ["标题"], [0], ["finance"], [[0.9, 0.1]]), "v1")
     with engine.connect() as conn:

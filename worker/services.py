@@ -15,7 +15,7 @@ from db import queries
 from db.engine import is_sqlite, make_engine
 from db.store import ResultStore
 from newsq.settings import Settings, get_settings
-from worker import metrics, tuning
+from worker import heap, metrics, tuning
 from worker.batch_policy import BatchPolicy
 from worker.batcher import Batcher
 from worker.model import ModelRuntime, resolve_device
@@ -119,7 +119,10 @@ def promoted_runtime(current_version: str | None) -> ModelRuntime | None:
     promoted = queries.promoted_version(store().engine)
     if promoted is None or promoted["version"] == current_version:
         return None
-    return load(str(promoted["path"]), str(promoted["version"]))
+    runtime = load(str(promoted["path"]), str(promoted["version"]))
+    if current_version is not None:  # a promotion while serving, not the start
+        heap.freeze()
+    return runtime
 
 
 def shutdown() -> None:

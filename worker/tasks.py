@@ -12,13 +12,13 @@ import threading
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_shutdown
+from celery.signals import worker_ready, worker_shutdown
 from celery.worker.control import inspect_command
 
 from db.store import RejectRecord
 from newsq.settings import get_settings
 from producer.contract import CLASSIFY_TASK
-from worker import metrics, services
+from worker import heap, metrics, services
 from worker.app import app
 from worker.intake import Intake, dump_payload, parse_message
 
@@ -128,6 +128,11 @@ def _give_up(intake: Intake, message_id: str, exc: BaseException) -> None:
         services.store().write_rejects(rejects, message_id)
     except Exception:
         log.exception("could not record the rejects of message %s", message_id)
+
+
+@worker_ready.connect
+def _freeze(**_: Any) -> None:
+    heap.freeze()
 
 
 @worker_shutdown.connect
