@@ -16,7 +16,7 @@ from celery import Celery
 from kombu.exceptions import BatchPublishError
 from pydantic import ValidationError
 
-from producer import serializer
+from producer import serializer, transport
 from producer.contract import (
     ARTICLE_LIST,
     BROKER_TRANSPORT_OPTIONS,
@@ -51,7 +51,9 @@ PUBLISH_RETRY_POLICY = {
 
 def celery_client(broker_url: str) -> Celery:
     """A send-only Celery app configured for the contract (JSON, priority lists)."""
-    app = Celery("newsq-client", broker=broker_url, set_as_current=False)
+    app = Celery(
+        "newsq-client", broker=transport.broker_url(broker_url, TRANSPORT), set_as_current=False
+    )
     app.conf.update(
         task_serializer=SERIALIZER,
         accept_content=[SERIALIZER],

@@ -14,10 +14,29 @@ from contextlib import contextmanager
 from functools import cached_property
 from typing import Any
 
+from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 
 # `broker_transport` of a Celery app; broker URLs stay `redis://`, `rediss://`, `redis+socket://`.
 TRANSPORT = "producer.transport:Transport"
+SOCKET_SCHEME = "redis+socket://"
+
+
+def broker_url(url: str, transport: str) -> str:
+    """The URL to give Celery so that its connections use `transport` (an import path).
+
+    kombu takes the transport of a `redis+socket://PATH` URL from the URL's prefix, over the
+    app's `broker_transport`: with such a URL, clients and workers ran kombu's own Redis
+    transport, without the shared client here or the workers' fetch that a SIGKILL cannot lose.
+    It reaches kombu as `ALIAS+socket://PATH` instead, ALIAS naming `transport` (e.g.
+    `newsq-worker-broker-transport`); kombu's Redis channel reads the `socket://` part as
+    before. Other URLs are unchanged.
+    """
+    if not url.startswith(SOCKET_SCHEME):
+        return url
+    alias = "newsq-" + transport.replace(".", "-").replace(":", "-").lower()
+    TRANSPORT_ALIASES.setdefault(alias, transport)
+    return f"{alias}+socket://{url.removeprefix(SOCKET_SCHEME)}"
 
 
 class Channel(kombu_redis.Channel):

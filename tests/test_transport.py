@@ -12,10 +12,26 @@ import kombu.common
 import pytest
 import redis
 
+from newsq.settings import Settings
 from producer import transport
-from producer.client import PIPELINE_MESSAGES, NewsClient
+from producer.client import PIPELINE_MESSAGES, NewsClient, celery_client
 from producer.contract import CLASSIFY_QUEUE
 from tests.helpers import message_ids, redis_behind_proxy
+from worker import broker
+from worker.app import create_app
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://localhost:6379/0", "rediss://localhost:6380/1", "redis+socket:///tmp/r.sock"]
+)
+def test_every_broker_url_form_gets_newsq_transports(url: str) -> None:
+    """kombu would pick its own transport for a `redis+socket://` URL (producer/transport.py)."""
+    client = celery_client(url).connection_for_write()
+    assert isinstance(client.transport, transport.Transport)
+    worker = create_app(Settings(broker_url=url)).connection_for_write()
+    assert isinstance(worker.transport, broker.Transport)
+    if url.startswith("redis+socket://"):  # the socket path reaches kombu's Redis channel
+        assert client.hostname == worker.hostname == "socket:///tmp/r.sock"
 
 
 @pytest.mark.services

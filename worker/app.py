@@ -13,6 +13,7 @@ from celery.signals import after_setup_logger
 from kombu.entity import Queue
 
 from newsq.settings import Settings, get_settings
+from producer import transport
 from producer.contract import (
     BROKER_TRANSPORT_OPTIONS,
     CLASSIFY_QUEUE,
@@ -23,13 +24,16 @@ from producer.contract import (
 )
 from worker import serializer
 
+# kombu's Redis transport, with a fetch that cannot lose a message to a SIGKILL (worker/broker.py)
+WORKER_TRANSPORT = "worker.broker:Transport"
+
 
 def create_app(settings: Settings) -> Celery:
     serializer.install()
     restore_interval = max(1, min(10, settings.visibility_timeout // 4))
     app = Celery(
         "newsq",
-        broker=settings.broker_url,
+        broker=transport.broker_url(settings.broker_url, WORKER_TRANSPORT),
         include=["worker.tasks", "worker.train_task"],
         events="worker.events:Events",
     )
@@ -44,8 +48,7 @@ def create_app(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=settings.prefetch_multiplier,
-        # kombu's Redis transport, with a fetch that cannot lose a message to a SIGKILL.
-        broker_transport="worker.broker:Transport",
+        broker_transport=WORKER_TRANSPORT,
         broker_transport_options={
             **BROKER_TRANSPORT_OPTIONS,
             "visibility_timeout": settings.visibility_timeout,
