@@ -6,6 +6,7 @@ overwrites its rows instead of adding to them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -25,11 +26,15 @@ from sqlalchemy import (
     Text,
     bindparam,
     select,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
 
 from db.models import ArticleRow, Base, ModelVersion, Prediction, Reject, utcnow
 from db.pg_copy import CopyStage, copy_text, escape_text
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +112,8 @@ def _on_conflict_update(stmt: Any, keys: list[str], update: list[str]) -> Insert
     )
 
 
+# How long a warm-up waits for a locked table before the worker starts without it.
+WARM_LOCK_TIMEOUT = "1s"
 ARTICLE_COLUMNS = ["id", "title", "content", "source", "received_at"]
 ARTICLE_UPDATE = ["title", "content", "source"]
 PREDICTION_UPDATE = ["label_id", "label", "score", "probs", "created_at"]
@@ -133,16 +140,18 @@ class ResultStore:
             self._plan.write(conn, results, probs, model_version, now)
 
     def warm_up(self, connections: int) -> None:
-        """Run the write path with no rows on `connections` pooled connections at once, before
+        """Open `connections` pooled connections at once and ready each for the writes, before
         the worker consumes: each writer's first batch would otherwise pay for opening its
         connection and, on PostgreSQL, for creating the staging table and planning both upserts
         on it (a first write took 6.4 ms against 2.4 after it, this machine), a cost that light
-        load's first articles carry as latency. Nothing is written."""
-        empty = ResultColumns([], [], [], [], [], [], [], np.empty((0, 0), dtype=np.float32))
-        with ExitStack() as held:  # at once: one pooled connection each
-            for _ in range(connections):
-                conn = held.enter_context(self.engine.begin())
-                self._plan.write(conn, empty, [], "", utcnow())
+        load's first articles carry as latency. Nothing is written. Tables that stay locked
+        (a migration, an operator) cost the warm-up, never the start."""
+        try:
+            with ExitStack() as held:  # at once: one pooled connection each
+                for _ in range(connections):
+                    self._plan.warm(held.enter_context(self.engine.begin()))
+        except OperationalError as exc:
+            log.warning("writers start cold: %s", str(exc).splitlines()[0])
 
     def write_rejects(self, rejects: Sequence[RejectRecord], message_id: str | None) -> None:
         if not rejects:
@@ -210,9 +219,7 @@ class _DriverRows:
                 column = map(process, column)
             ordered.append(column)
         # not strict: the constant columns are endless repeats
-        rows = list(zip(*ordered, strict=False))
-        if rows:  # the driver would run it once with no parameters
-            conn.exec_driver_sql(self.sql, rows)
+        conn.exec_driver_sql(self.sql, list(zip(*ordered, strict=False)))
 
 
 class _RowsPlan:
@@ -227,6 +234,9 @@ class _RowsPlan:
             probs=bindparam("probs", type_=Text)
         )
         self.predictions = _DriverRows(predictions, engine, PREDICTION_COLUMNS)
+
+    def warm(self, conn: Connection) -> None:
+        """Nothing past the connection: both statements were compiled at init."""
 
     def write(
         self,
@@ -295,6 +305,14 @@ class _CopyPlan:
             ).order_by(staged.id),
         )
         self.predictions = _on_conflict_update(stmt, PREDICTION_KEYS, PREDICTION_UPDATE)
+
+    def warm(self, conn: Connection) -> None:
+        """The write of no rows: the stage created on this connection, both upserts compiled
+        and planned. Waits at most WARM_LOCK_TIMEOUT for the tables' locks."""
+        wait = text("SELECT set_config('lock_timeout', :wait, true)")  # for this transaction
+        conn.execute(wait, {"wait": WARM_LOCK_TIMEOUT})
+        no_rows = ResultColumns([], [], [], [], [], [], [], np.empty((0, 0), dtype=np.float32))
+        self.write(conn, no_rows, [], "", utcnow())
 
     def write(
         self,

@@ -140,6 +140,21 @@ def test_warm_up_readies_a_connection_per_writer_and_writes_nothing(engine: Engi
         assert conn.execute(select(Prediction.article_id)).scalars().all() == ["a"]
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_warm_up_gives_way_to_a_locked_table(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = ResultStore(engine)
+    store.register_model_version("v1", "/m")
+    with engine.connect() as locker, locker.begin():  # e.g. a migration in progress
+        locker.execute(text("LOCK TABLE predictions IN EXCLUSIVE MODE"))
+        store.warm_up(2)  # returns after the lock timeout instead of waiting for the lock
+    assert "writers start cold" in caplog.text
+    store.write_batch(results(["a"], ["标题"], [0], ["finance"], [[0.9, 0.1]]), "v1")
+    with engine.connect() as conn:
+        assert conn.execute(select(Prediction.article_id)).scalars().all() == ["a"]
+
+
 def test_writing_the_same_batch_twice_upserts(engine: Engine) -> None:
     store = ResultStore(engine)
     store.register_model_version("v1", "/m")
