@@ -1,14 +1,18 @@
 """Helpers shared by the tests that drive real workers: sample articles, polling, raw messages,
-a TCP proxy that can cut a service off."""
+a TCP proxy that can cut a service off; and whether a model runtime is freed without the
+collector."""
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import gc
 import json
 import socket
 import threading
 import time
+import weakref
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from kombu.connection import Connection
@@ -16,6 +20,7 @@ from sqlalchemy import Engine, select
 
 from db.models import Prediction, Reject
 from producer.contract import BROKER_TRANSPORT_OPTIONS, CLASSIFY_QUEUE, CLASSIFY_TASK
+from worker.model import ModelRuntime
 
 
 def titles(count: int, prefix: str) -> list[tuple[str, str, None]]:
@@ -133,3 +138,24 @@ def redis_behind_proxy(redis_url: str) -> tuple[CuttableProxy, str]:
     proxy = CuttableProxy((url.hostname or "127.0.0.1", url.port or 6379))
     proxy.open()
     return proxy, f"redis://127.0.0.1:{proxy.port}{url.path}"
+
+
+def freed_by_reference_count(load: Callable[[], ModelRuntime]) -> bool:
+    """Whether the runtime that `load` returns, and its model, are freed with the collector off
+    once their last reference goes: a runtime replaced by a promotion is frozen out of the
+    collector (worker/heap.py), so a reference cycle through it would keep its weights for
+    good."""
+    runtime = load()
+    gone, model_gone = weakref.ref(runtime), weakref.ref(runtime.model)
+    gc.disable()
+    try:
+        del runtime
+        return gone() is None and model_gone() is None
+    finally:
+        gc.enable()
+
+
+def warmed(model: str, device: str, shapes: list[tuple[int, int]]) -> ModelRuntime:
+    runtime = ModelRuntime.load(model, device=device)
+    runtime.warm_up(shapes)
+    return runtime

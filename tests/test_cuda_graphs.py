@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from newsq.settings import Precision
+from tests.helpers import freed_by_reference_count, warmed
 from worker.batch_policy import BatchPolicy
 from worker.cuda_graphs import (
     ROW_STEP,
@@ -143,10 +144,10 @@ def test_warm_up_of_every_row_bucket_leaves_no_batch_to_run_eagerly(small_model:
     forward = graphed._forward
 
     def counted(ids: torch.Tensor, types: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        eager_passes.append(tuple(ids.shape))  # the graphs hold the method they were made with
+        eager_passes.append(tuple(ids.shape))  # the graphs hold the pass they were made with
         return forward(ids, types, mask)
 
-    graphed._forward = counted  # type: ignore[method-assign,assignment]
+    graphed._forward = counted
     rng = np.random.default_rng()
     chars = [chr(c) for c in range(0x4E00, 0x4E00 + 3000)]
     # 46-62 tokens with [CLS] and [SEP]: widths 48, 56 or 64
@@ -203,7 +204,14 @@ def test_a_promoted_model_captures_its_graphs_while_the_serving_one_runs(
             eager_passes.append(tuple(ids.shape))
             return forward(ids, types, mask)
 
-        runtime._forward = counted  # type: ignore[method-assign,assignment]
+        runtime._forward = counted
         for batch, probs in zip(batches, expected, strict=True):
             np.testing.assert_allclose(runtime.predict(batch), probs, atol=1e-4)
     assert eager_passes == []  # every batch replayed a graph: no capture had failed
+
+
+@cuda_only
+def test_a_runtime_with_graphs_holds_no_reference_cycle(small_model: Path) -> None:
+    """Its graphs hold the forward pass, not the runtime: a runtime replaced by a promotion,
+    frozen out of the garbage collector, frees its weights and graphs with its last batch."""
+    assert freed_by_reference_count(lambda: warmed(str(small_model), "cuda", [(4, 16)]))

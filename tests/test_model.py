@@ -10,6 +10,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer
 
 from newsq.settings import Precision
+from tests.helpers import freed_by_reference_count, warmed
 from worker.model import ModelRuntime, TensorBatch, resolve_precision
 from worker.model_shapes import THUCNEWS_LABELS
 
@@ -136,3 +137,7 @@ def test_warm_up_runs_one_pass_per_shape(small_model: Path, every_row_bucket: bo
     runtime.predict = counting  # type: ignore[method-assign]
     runtime.warm_up([(1, 8), (512, 8), (3, 64)], every_row_bucket=every_row_bucket)
     assert calls == [(1, 8), (512, 8), (3, 64)]
+
+
+def test_a_runtime_holds_no_reference_cycle(small_model: Path) -> None:
+    assert freed_by_reference_count(lambda: warmed(str(small_model), "cpu", [(1, 8)]))

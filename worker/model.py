@@ -23,7 +23,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Pret
 
 from newsq.settings import Precision
 from worker.batch_policy import padded_width
-from worker.cuda_graphs import CudaGraphs
+from worker.cuda_graphs import CudaGraphs, Forward
 from worker.cuda_graphs import every_row_bucket as all_row_buckets
 from worker.model_shapes import THUCNEWS_LABELS
 
@@ -159,6 +159,10 @@ class ModelRuntime:
         self._backend = tokenizer.backend_tokenizer
         self._backend.enable_truncation(max_length=max_length, strategy="longest_first")
         self._backend.no_padding()
+        # A function of the model, not a method of this runtime: graphs holding the runtime
+        # would make a reference cycle, and a runtime replaced by a promotion, frozen out of the
+        # garbage collector (worker/heap.py), would then keep its weights and graphs for good.
+        self._forward: Forward = ForwardPass(model, device.type, precision == "bf16-autocast")
         # Not for the null model: it has no GPU work to capture.
         graphed = cuda_graphs and device.type == "cuda" and not isinstance(model, NullClassifier)
         self._graphs = CudaGraphs(self._forward, device) if graphed else None
@@ -302,18 +306,25 @@ class ModelRuntime:
             )
         return probs
 
-    def _forward(
+
+@dataclass(frozen=True, slots=True)
+class ForwardPass:
+    """Probabilities on the model's device, computed in fp32 whatever the precision.
+
+    No autocast cache: a CUDA graph must not keep casts that the cache frees when the autocast
+    block ends (PyTorch's CUDA graphs notes); each weight is cast once per pass either way."""
+
+    model: Any
+    device_type: str
+    autocast: bool  # precision bf16-autocast
+
+    def __call__(
         self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor:
-        """Probabilities on the model's device, computed in fp32 whatever the precision.
-
-        No autocast cache: a CUDA graph must not keep casts that the cache frees when the
-        autocast block ends (PyTorch's CUDA graphs notes); each weight is cast once per pass
-        either way."""
         with torch.autocast(
-            device_type=self.device.type,
+            device_type=self.device_type,
             dtype=torch.bfloat16,
-            enabled=self.precision == "bf16-autocast",
+            enabled=self.autocast,
             cache_enabled=False,
         ):
             logits = self.model(
