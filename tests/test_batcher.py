@@ -21,7 +21,7 @@ from producer.contract import Article
 from tests.helpers import wait_until
 from worker.batch_policy import BatchPolicy
 from worker.batcher import Batcher
-from worker.model import Encoded, ModelRuntime, TensorBatch
+from worker.model import Encoded, ForwardPass, ModelRuntime, TensorBatch
 from worker.reload import Watcher
 
 
@@ -308,7 +308,8 @@ def test_a_row_with_non_finite_output_is_rejected_and_the_rest_stored(
 ) -> None:
     batcher = make_batcher(small_model, ResultStore(sqlite_engine))
     runtime = batcher.runtime
-    runtime.model = NaNOnToken(runtime.model, runtime._backend.token_to_id("溢"))
+    nan_model = NaNOnToken(runtime.model, runtime._backend.token_to_id("溢"))
+    runtime._forward = ForwardPass(nan_model, "cpu", autocast=False)
     titles = ["溢出的新闻" if i == 3 else f"第{i}条新闻" for i in range(12)]
     ticket = batcher.submit([Article(id=f"n{i}", title=t) for i, t in enumerate(titles)])
     assert ticket.wait(timeout=60) == runtime.version
