@@ -711,9 +711,8 @@ def naive_run(model_dir: str, titles: list[str], args: Any) -> Case:
 # -- 4. latency at light load ----------------------------------------------------------------
 def latency_run(model_dir: str, titles: list[str], args: Any) -> Case:
     """One-article messages at `--latency-rate`/s; enqueue -> row committed, per article, after
-    a first one sent and committed alone: a fresh client's first send connects and declares
-    its queue (~15 ms here), and a fresh worker's first message pays its own first calls; that
-    start-up is reported apart (`first_ms`), not as light-load latency."""
+    a first one sent and committed alone: whatever a fresh client and worker still pay on
+    their first message is reported apart (`first_ms`), not as light-load latency."""
     settings = Settings()
     with (
         database(args.main_db, args.work, args.pg_url) as url,

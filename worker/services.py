@@ -82,7 +82,7 @@ def batcher() -> Batcher:
                 runtime,
                 results,
                 policy_from(settings, tuned, runtime.pad_multiple),
-                watch=promoted_runtime,
+                watch=newly_promoted,
                 watch_interval_s=settings.reload_interval_s,
                 model_threads=tuned.model_threads,
                 writers=tuned.writers,
@@ -119,10 +119,17 @@ def promoted_runtime(current_version: str | None) -> ModelRuntime | None:
     promoted = queries.promoted_version(store().engine)
     if promoted is None or promoted["version"] == current_version:
         return None
-    runtime = load(str(promoted["path"]), str(promoted["version"]))
-    if current_version is not None:  # a promotion while serving, not the start
+    return load(str(promoted["path"]), str(promoted["version"]))
+
+
+def newly_promoted(serving_version: str) -> ModelRuntime | None:
+    """The reload thread's watcher: a newly promoted model, loaded, with the heap frozen again
+    so that what the load left behind stays out of the collector's walks (worker/heap.py; at
+    the start the worker freezes once it is ready)."""
+    fresh = promoted_runtime(serving_version)
+    if fresh is not None:
         heap.freeze()
-    return runtime
+    return fresh
 
 
 def shutdown() -> None:
