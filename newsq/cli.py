@@ -81,7 +81,6 @@ def worker(
     celery_app.worker_main(
         [
             "worker",
-            "--pool=threads",
             f"--concurrency={threads}",
             f"--queues={queues}",
             f"--hostname={hostname}",

@@ -84,8 +84,8 @@ class Settings(BaseSettings):
     concurrency: int | None = Field(
         None,
         gt=0,
-        description="Task threads; each holds one message until its rows are committed; unset:"
-        " 128 on CPU, 64 on CUDA.",
+        description="Task threads (Celery's pool): each validates a message and hands its"
+        " articles to the batcher, then takes the next; unset: 8.",
     )
     model_threads: int | None = Field(
         None,
@@ -105,7 +105,12 @@ class Settings(BaseSettings):
         description="Let the Rust tokenizer use its own thread pool; unset: on with CUDA, off on"
         " CPU (where its spinning threads take the model's cores).",
     )
-    prefetch_multiplier: int = Field(1, gt=0, description="Messages reserved per worker thread.")
+    articles_in_hand: int = Field(
+        32768,
+        gt=0,
+        description="Articles a worker holds in its unacked messages, about: its prefetch credit"
+        " follows the articles per message (128 messages of 256, up to 4,096 of one).",
+    )
     visibility_timeout: int = Field(
         3600, gt=0, description="Seconds before Redis redelivers an unacked message."
     )

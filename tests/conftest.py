@@ -141,6 +141,7 @@ def start_worker(
             "NEWSQ_DATABASE_URL": database_url,
             "NEWSQ_MODEL_DIR": str(small_model),
             "NEWSQ_CONCURRENCY": "16",
+            "NEWSQ_ARTICLES_IN_HAND": "800",  # 16 messages of 50 in hand, as 16 threads held
             "NEWSQ_METRICS_PORT": "0",
             **{f"NEWSQ_{k.upper()}": str(v) for k, v in env.items()},
         }

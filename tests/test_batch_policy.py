@@ -88,9 +88,9 @@ def test_window_closes_on_budget_rows_or_max_wait(
 
 def test_window_closes_at_once_when_every_sender_is_in_it() -> None:
     p = policy(max_wait_s=0.05)
-    assert not p.window_closed(10, 1, 0.0, 100.0, senders_left=3)  # company can still come
-    assert p.window_closed(10, 1, 0.0, 100.0, senders_left=0)  # every thread waits on it
-    assert not p.window_closed(10, 1, 0.0, 100.0, senders_left=None)  # unknown: the wait
+    assert not p.window_closed(10, 1, 0.0, 100.0, in_hand_left=3)  # company can still come
+    assert p.window_closed(10, 1, 0.0, 100.0, in_hand_left=0)  # all in hand are in it
+    assert not p.window_closed(10, 1, 0.0, 100.0, in_hand_left=None)  # unknown: the wait
 
 
 def test_wait_left_counts_down_from_max_wait() -> None:

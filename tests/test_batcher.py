@@ -75,7 +75,7 @@ def make_batcher(
     runtime_class: type[ModelRuntime] = ModelRuntime,
     model_threads: int = 1,
     writers: int = 1,
-    senders: int | None = None,
+    in_hand: int | None = None,
     watch: Watcher | None = None,
 ) -> Batcher:
     runtime = runtime_class.load(str(small_model), device="cpu", max_length=32)
@@ -87,7 +87,7 @@ def make_batcher(
         policy,
         model_threads=model_threads,
         writers=writers,
-        senders=senders,
+        in_hand=None if in_hand is None else lambda: in_hand,
         watch=watch,
         watch_interval_s=0.05,
     ).start()
@@ -119,12 +119,12 @@ def test_articles_of_many_tasks_share_batches_and_every_task_settles(
     assert len(store.batch_sizes) < 40  # batches were formed across tasks
 
 
-def test_a_window_holding_every_senders_articles_goes_without_waiting(
+def test_a_window_holding_every_message_in_hand_goes_without_waiting(
     small_model: Path, sqlite_engine: Engine
 ) -> None:
     store = CountingStore(sqlite_engine)
-    # A wait far longer than the test allows each ticket: only the senders rule can close it.
-    batcher = make_batcher(small_model, store, max_wait_s=30.0, senders=8)
+    # A wait far longer than the test allows each ticket: only the in-hand rule can close it.
+    batcher = make_batcher(small_model, store, max_wait_s=30.0, in_hand=8)
     tickets = [batcher.submit([Article(id=f"s{n}", title=f"第{n}条新闻")]) for n in range(8)]
     assert all(ticket.wait(timeout=10) == batcher.runtime.version for ticket in tickets)
     assert store.batch_sizes == [8]

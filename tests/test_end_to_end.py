@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import redis
 from sqlalchemy import Engine, func, select
 
 from db.models import Prediction
@@ -138,6 +139,26 @@ def test_sigkill_mid_run_loses_nothing_and_duplicates_nothing(
     rows = prediction_rows(engine, ids)
     assert len(rows) == 5000
     assert len({r.article_id for r in rows}) == 5000
+
+
+def test_a_worker_holds_messages_by_their_articles_not_by_its_threads(
+    start_worker: WorkerFactory, engine: Engine, clean_redis: str
+) -> None:
+    """Two task threads, and windows that may wait 2 s for company: when each message held a
+    thread until its rows were committed, two messages were in hand at a time."""
+    start_worker(concurrency=2, articles_in_hand=64, max_wait_ms=2000)
+    articles = titles(300, "hand")
+    ids = [a[0] for a in articles]
+    with NewsClient(clean_redis) as client:
+        client.enqueue(articles, chunk_size=1)
+    broker = redis.Redis.from_url(clean_redis)
+    held, deadline = 0, time.monotonic() + 120
+    while committed_count(engine, ids) < len(ids) and time.monotonic() < deadline:
+        held = max(held, broker.hlen("unacked"))
+        time.sleep(0.02)
+    assert committed_count(engine, ids) == len(ids)
+    assert held >= 16, held  # the credit grew with one-article messages (64 at most)
+    wait_until(lambda: broker.hlen("unacked") == 0, timeout=10)  # each acked once committed
 
 
 def test_client_waits_for_and_reads_results(

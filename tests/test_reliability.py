@@ -372,6 +372,7 @@ def test_a_redis_restart_mid_run_loses_nothing(
         "NEWSQ_VISIBILITY_TIMEOUT": "8",
         "NEWSQ_METRICS_PORT": "0",
         "NEWSQ_CONCURRENCY": "16",
+        "NEWSQ_ARTICLES_IN_HAND": "800",  # 16 messages of 50 in hand, as 16 threads held
     }
     worker = WorkerProcess(url, env, name=f"rr-{uuid.uuid4().hex[:6]}", log_path=tmp_path / "w.log")
     worker.start()

@@ -1,7 +1,9 @@
-"""The classify task's Request hands the pool the body the consumer decoded (worker/request.py)."""
+"""The classify task's Request hands the pool the body the consumer decoded, and acks once the
+rows its task handed over are committed (worker/request.py)."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 import pytest
@@ -11,7 +13,10 @@ from kombu.message import Message
 from kombu.serialization import dumps
 
 from producer.contract import CLASSIFY_TASK
+from tests.helpers import wait_until
 from worker.app import app
+from worker.batcher import Ticket
+from worker.completion import Deferred, hand_over
 from worker.request import DecodedRequest
 from worker.tasks import classify
 
@@ -49,3 +54,34 @@ def test_content_outside_accept_content_is_still_refused() -> None:
     message = delivered("pickle")
     with pytest.raises(ContentDisallowed):
         DecodedRequest(message, app=app, task=classify, body=message.body, headers=message.headers)
+
+
+def acking_request(acks: list[str]) -> DecodedRequest:
+    """A request whose acks name the thread they came from."""
+    message = delivered("json")
+    return DecodedRequest(
+        message,
+        app=app,
+        task=classify,
+        body=message.body,
+        headers=message.headers,
+        on_ack=lambda *_: acks.append(threading.current_thread().name),
+    )
+
+
+def test_the_message_is_acked_once_the_rows_its_task_handed_over_are_committed() -> None:
+    acks: list[str] = []
+    request = acking_request(acks)
+    ticket = Ticket(1)
+    hand_over(request.id, Deferred(ticket, lambda: {"stored": 1}))
+    request.on_success((0, "None", 0.001))  # the pool's callback after the task returned
+    assert acks == [] and not request.acknowledged
+    ticket.settle(1, "v1")
+    wait_until(lambda: acks == ["newsq-complete"], timeout=5)
+
+
+def test_a_task_that_handed_nothing_over_is_acked_as_it_returns() -> None:
+    acks: list[str] = []
+    request = acking_request(acks)
+    request.on_success((0, "{'stored': 0, 'rejected': 1}", 0.001))
+    assert acks == [threading.current_thread().name]

@@ -43,3 +43,35 @@ def test_a_failure_wakes_the_waiter_and_is_raised_once_per_wait() -> None:
     assert [str(e) for e in woke] == ["database went away"]
     with pytest.raises(RuntimeError, match="went away"):
         ticket.wait(timeout=0.01)
+
+
+def test_callbacks_run_once_when_the_ticket_settles_or_at_once_if_it_has() -> None:
+    calls: list[str] = []
+    ticket = Ticket(2)
+    ticket.then(lambda: calls.append("first"))
+    ticket.then(lambda: calls.append("second"))
+    ticket.settle(1, "v1")
+    assert calls == []
+    ticket.settle(1, "v1")
+    ticket.fail(RuntimeError("too late to matter"))  # a timeout racing the commit, say
+    assert calls == ["first", "second"] and ticket.error is None
+    ticket.then(lambda: calls.append("late"))
+    assert calls == ["first", "second", "late"]
+
+
+def test_a_failure_settles_and_calls_back_too() -> None:
+    calls: list[BaseException | None] = []
+    ticket = Ticket(3)
+    ticket.then(lambda: calls.append(ticket.error))
+    ticket.fail(RuntimeError("database went away"))
+    assert ticket.settled and [str(e) for e in calls] == ["database went away"]
+
+
+def test_settle_within_fails_a_ticket_that_does_not_settle_in_time() -> None:
+    ticket = Ticket(1)
+    ticket.settle_within(0.05)
+    assert ticket.settled and isinstance(ticket.error, TimeoutError)
+    done = Ticket(1)
+    done.settle(1, "v1")
+    done.settle_within(5)  # settled: returns at once
+    assert done.error is None and done.model_version == "v1"

@@ -8,14 +8,13 @@ from newsq.settings import Settings
 from worker.services import policy_from, tuning_for
 from worker.tuning import (
     CPU_MAX_ROWS,
-    CPU_TASK_THREADS,
     CPU_TOKEN_BUDGET,
     CPU_WINDOW_BUDGETS,
     CUDA_MAX_ROWS,
-    CUDA_TASK_THREADS,
     CUDA_TOKEN_BUDGET,
     CUDA_WINDOW_BUDGETS,
     CUDA_WRITERS,
+    TASK_THREADS,
     Tuning,
     resolve,
     torch_threads,
@@ -30,7 +29,7 @@ def test_a_cpu_worker_runs_one_single_threaded_forward_pass_per_core() -> None:
         model_threads=2,
         torch_threads=1,
         tokenizer_parallelism=False,
-        task_threads=CPU_TASK_THREADS,
+        task_threads=TASK_THREADS,
         writers=1,
     )
 
@@ -43,7 +42,7 @@ def test_a_cuda_worker_runs_one_forward_pass_and_lets_the_tokenizer_use_the_core
         model_threads=1,
         torch_threads=16,
         tokenizer_parallelism=True,
-        task_threads=CUDA_TASK_THREADS,
+        task_threads=TASK_THREADS,
         writers=CUDA_WRITERS,
     )
 
@@ -90,12 +89,11 @@ def test_the_worker_builds_its_batch_policy_from_the_settings() -> None:
     assert (policy.max_rows, policy.max_wait_s, policy.pad_multiple) == (64, 0.005, 8)
 
 
-def test_a_cpu_worker_holds_more_messages_than_a_cuda_worker_unless_told() -> None:
-    """Slow CPU forward passes need a second window filling while one is scored."""
-    assert CPU_TASK_THREADS > CUDA_TASK_THREADS
-    assert tuning_for(Settings(), "cpu").task_threads == CPU_TASK_THREADS
-    assert tuning_for(Settings(), "cuda").task_threads == CUDA_TASK_THREADS
-    assert tuning_for(Settings(concurrency=8), "cpu").task_threads == 8
+def test_task_threads_are_few_unless_told() -> None:
+    """A task thread no longer waits for its rows: a few take every message in hand."""
+    assert tuning_for(Settings(), "cpu").task_threads == TASK_THREADS
+    assert tuning_for(Settings(), "cuda").task_threads == TASK_THREADS
+    assert tuning_for(Settings(concurrency=3), "cpu").task_threads == 3
 
 
 def test_a_cuda_worker_writes_on_two_connections_unless_its_database_is_sqlite() -> None:

@@ -47,7 +47,11 @@ def create_app(settings: Settings) -> Celery:
         # At-least-once: ack only after the task returned, i.e. after its rows were committed.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=settings.prefetch_multiplier,
+        # One message per thread until the worker is ready; then worker/prefetch.py sizes the
+        # credit by the articles per message.
+        worker_prefetch_multiplier=1,
+        # Celery's thread pool, whose warm shutdown waits for the messages in hand (worker/pool.py)
+        worker_pool="worker.pool:TaskPool",
         broker_transport=WORKER_TRANSPORT,
         broker_transport_options={
             **BROKER_TRANSPORT_OPTIONS,

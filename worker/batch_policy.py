@@ -41,17 +41,18 @@ class BatchPolicy:
         pending_rows: int,
         oldest_age_s: float,
         arrivals_per_s: float | None = None,
-        senders_left: int | None = None,
+        in_hand_left: int | None = None,
     ) -> bool:
         """A window closes when it would fill a batch, when its wait for company is over, or
-        when no company can come: `senders_left`, the task threads that have not added to it
-        (None: unknown), is 0, for each of them blocks until its own articles are committed.
-        With one-article messages a window of 64 threads' messages otherwise waited the whole
-        max wait for a 65th, and that wait, not the CPU, bounded the worker (~2,100/s alone)."""
+        when no company can come: `in_hand_left`, the messages in hand whose articles are not
+        in the pipeline yet (None: unknown), is 0, for the worker takes no more messages until
+        some of those are committed. With one-article messages a window of 64 threads' messages
+        otherwise waited the whole max wait for a 65th, and that wait, not the CPU, bounded
+        the worker (~2,100/s alone)."""
         return (
             pending_tokens >= self.token_budget
             or pending_rows >= self.max_rows
-            or senders_left == 0
+            or in_hand_left == 0
             or self.wait_left(oldest_age_s, arrivals_per_s) <= 0
         )
 

@@ -12,9 +12,9 @@ NEWSQ_WRITERS write threads commit side by side (one by default: on 2 CPU cores 
 A newly promoted model is loaded beside the serving one (worker/reload.py) and takes over at the
 next window.
 
-A task thread submits its articles and waits on its Ticket, which settles only when every one of
-its rows is committed; the Celery message is acked after that (acks_late), so a crash anywhere
-before the commit leaves the message to be redelivered.
+A task submits its articles and gets a Ticket, which settles only when every one of its rows is
+committed; the Celery message is acked after that (acks_late, worker/completion.py), so a crash
+anywhere before the commit leaves the message to be redelivered.
 """
 
 from __future__ import annotations
@@ -49,9 +49,11 @@ CANARY = [("新闻", None)]  # a plain title: if even this fails, the fault is n
 class Ticket:
     """One task's share of the work; settles when all its articles are committed or one fails.
 
-    The waiting task blocks on a lock held from creation and released once when the ticket
-    settles, not on a threading.Event: an Event is a Condition written in Python, and creating
-    and waiting on one per task was a fifth of a worker's GIL time with one-article messages.
+    A ticket is either waited on (a blocking `wait`, on a lock held from creation and released
+    once when the ticket settles, not on a threading.Event: an Event is a Condition written in
+    Python, and creating and waiting on one per task was a fifth of a worker's GIL time with
+    one-article messages) or given a callback (`then`) that the settling thread calls: a classify
+    task does not wait on its thread (worker/completion.py).
     """
 
     def __init__(self, count: int, *, alone: bool = False) -> None:
@@ -61,6 +63,7 @@ class Ticket:
         self._gate = threading.Lock()
         self._gate.acquire()
         self._settled = False
+        self._then: list[Callable[[], None]] = []
         self.error: BaseException | None = None
         self.model_version: str | None = None
         self.rejected: list[tuple[int, str]] = []  # (index in the submitted list, reason)
@@ -83,10 +86,24 @@ class Ticket:
                 self._release_waiters()
 
     def fail(self, error: BaseException) -> None:
+        """Settle with `error`, unless settled already (a late timeout changes nothing)."""
         with self._lock:
-            if self.error is None:
+            if not self._settled:
                 self.error = error
-            self._release_waiters()
+                self._release_waiters()
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    def then(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once the ticket settles: at once if it has, else in the thread that
+        settles it (a writer: keep it short)."""
+        with self._lock:
+            if not self._settled:
+                self._then.append(callback)
+                return
+        callback()
 
     def wait(self, timeout: float) -> str | None:
         """Block until settled; re-raise the batch's error; return the model version used."""
@@ -97,11 +114,20 @@ class Ticket:
             raise self.error
         return self.model_version
 
+    def settle_within(self, timeout: float) -> None:
+        """Block until settled; past `timeout`, fail the ticket with a TimeoutError."""
+        if self._gate.acquire(timeout=timeout):
+            self._gate.release()
+        else:
+            self.fail(TimeoutError(f"rows not committed within {timeout:.0f}s"))
+
     def _release_waiters(self) -> None:
         """Release the waiters, once (called under self._lock)."""
         if not self._settled:
             self._settled = True
             self._gate.release()
+            for callback in self._then:
+                callback()
 
 
 @dataclass(slots=True)
@@ -149,15 +175,17 @@ class Batcher:
         watch_interval_s: float = 5.0,
         model_threads: int = 1,
         writers: int = 1,
-        senders: int | None = None,
+        in_hand: Callable[[], int] | None = None,
     ) -> None:
         """`writers`: write threads, each committing its own transactions on its own connection.
-        `senders`: how many threads submit, each waiting on its ticket before it submits
-        again (the Celery pool's); a window that holds a ticket of each closes at once."""
+        `in_hand`: how many tickets can be unsettled at once (the messages a worker holds,
+        worker/prefetch.py); while that many are, no company can come and a window closes."""
         self.runtime = runtime
         self.store = store
         self.policy = policy
-        self._senders = senders
+        self._in_hand = in_hand
+        self._unsettled = 0  # tickets submitted and not settled yet
+        self._unsettled_lock = threading.Lock()
         self._reload = (
             None
             if watch is None
@@ -198,8 +226,15 @@ class Batcher:
             for index, article in enumerate(articles)
         ]
         if items:
+            with self._unsettled_lock:
+                self._unsettled += 1
+            ticket.then(self._one_settled)
             self._inbox.put(items)  # one queue operation per task, not per article
         return ticket
+
+    def _one_settled(self) -> None:
+        with self._unsettled_lock:
+            self._unsettled -= 1
 
     def close(self, timeout: float = 60.0) -> None:
         """Finish what was submitted, then stop the threads."""
@@ -260,11 +295,10 @@ class Batcher:
         if first[0].ticket.alone:
             return window, False
         arrived = first[0].arrived
-        tickets = 1  # one list per task
         while tokens < policy.window_token_cap:
             now = time.monotonic()
             age, rate = now - arrived, arrivals.per_second(now)
-            left = None if self._senders is None else max(0, self._senders - tickets)
+            left = None if self._in_hand is None else max(0, self._in_hand() - self._unsettled)
             try:
                 if policy.window_closed(tokens, len(window), age, rate, left):
                     chunk = self._inbox.get_nowait()
@@ -279,7 +313,6 @@ class Batcher:
                 break
             arrivals.observe(chunk[0].arrived, len(chunk))
             window.extend(chunk)
-            tickets += 1
             tokens += sum(item.tokens for item in chunk)
         return window, False
 

@@ -18,7 +18,9 @@ from newsq.settings import Settings, get_settings
 from worker import heap, metrics, tuning
 from worker.batch_policy import BatchPolicy
 from worker.batcher import Batcher
+from worker.completion import Completions
 from worker.model import ModelRuntime, resolve_device
+from worker.prefetch import InHand
 
 
 class _Singletons:
@@ -27,6 +29,8 @@ class _Singletons:
     lock = threading.RLock()
     store: ResultStore | None = None
     batcher: Batcher | None = None
+    completions: Completions | None = None
+    in_hand: InHand | None = None
 
 
 def store() -> ResultStore:
@@ -34,6 +38,24 @@ def store() -> ResultStore:
         if _Singletons.store is None:
             _Singletons.store = ResultStore(make_engine(get_settings().database_url))
         return _Singletons.store
+
+
+def completions() -> Completions:
+    """The thread that finishes classify messages once their rows are committed."""
+    with _Singletons.lock:
+        if _Singletons.completions is None:
+            _Singletons.completions = Completions(get_settings().task_timeout)
+        return _Singletons.completions
+
+
+def in_hand() -> InHand:
+    """The prefetch credit of this worker's consumer, in articles (worker/prefetch.py)."""
+    with _Singletons.lock:
+        if _Singletons.in_hand is None:
+            settings = get_settings()
+            threads = tuning_for(settings, resolve_device(settings.device).type).task_threads
+            _Singletons.in_hand = InHand(settings.articles_in_hand, floor=threads)
+        return _Singletons.in_hand
 
 
 def tuning_for(settings: Settings, device_type: str) -> tuning.Tuning:
@@ -86,7 +108,7 @@ def batcher() -> Batcher:
                 watch_interval_s=settings.reload_interval_s,
                 model_threads=tuned.model_threads,
                 writers=tuned.writers,
-                senders=tuned.task_threads,
+                in_hand=in_hand().messages,
             ).start()
         return _Singletons.batcher
 

@@ -1,25 +1,32 @@
-"""The `newsq.classify` task: validate, hand the articles to the batcher, wait for the commit.
+"""The `newsq.classify` task: validate, hand the articles to the batcher; acked once committed.
 
-The task returns (and its message is acked) only after every good article's row is committed.
-A failure of the batch path (database away, model error) retries the message with backoff; after
-the last retry its articles become reject rows, so nothing disappears without a trace.
+The task returns once its articles are submitted, handing its Request a `Deferred` instead of
+its result: its thread takes the next message at once, and the message is acked (acks_late)
+only after every good article's row is committed, on the completion thread
+(worker/completion.py). A failure of the batch path (database away, model error) retries the
+message with backoff; after the last retry its articles become reject rows, so nothing
+disappears without a trace.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from functools import partial
+from typing import Any, NoReturn
 
 from celery import Task
+from celery.app.task import Context
 from celery.signals import worker_ready, worker_shutdown
 from celery.worker.control import inspect_command
 
 from db.store import RejectRecord
 from newsq.settings import get_settings
 from producer.contract import CLASSIFY_TASK
-from worker import heap, metrics, services
+from worker import completion, heap, metrics, services
 from worker.app import app
+from worker.batcher import Ticket
+from worker.completion import Deferred
 from worker.intake import Intake, dump_payload, parse_message
 
 log = logging.getLogger(__name__)
@@ -30,7 +37,7 @@ MAX_RETRIES = 12
 # classified one at a time, each in forward passes of its own, and a death is counted against
 # a message only then. Every message a dying worker held comes back redelivered; counted at
 # arrival, the culprit's deaths were counted against all of them, and innocent messages were
-# dead-lettered beside it.
+# dead-lettered beside it. A suspect's task waits on its thread for its rows, holding the lock.
 _SUSPECTS = threading.Lock()
 
 
@@ -42,44 +49,74 @@ _SUSPECTS = threading.Lock()
     max_retries=MAX_RETRIES,
     Request="worker.request:DecodedRequest",
 )
-def classify(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+def classify(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
     intake = parse_message(args, kwargs)
+    services.in_hand().observe(len(intake.articles) + len(intake.rejects))
     if (self.request.delivery_info or {}).get("redelivered") and intake.articles:
         with _SUSPECTS:
-            return _classify(self, intake, suspect=True)
-    return _classify(self, intake, suspect=False)
+            deliveries = 1 + count_redelivery(self)
+            if deliveries > get_settings().max_deliveries:
+                return _dead_letter(intake, self.request.id, deliveries)
+            ticket = _submit(self, intake, alone=True)
+            ticket.settle_within(get_settings().task_timeout)
+            return _conclude(self, self.request, intake, ticket)
+    ticket = _submit(self, intake, alone=False)
+    if ticket.settled:  # nothing to classify: only rejects
+        return _conclude(self, self.request, intake, ticket)
+    conclude = partial(_conclude, self, self.request, intake, ticket)
+    completion.hand_over(self.request.id, Deferred(ticket, conclude))
+    return None  # the result follows once the rows are committed
 
 
-def _classify(task: Task, intake: Intake, *, suspect: bool) -> dict[str, Any]:
-    message_id = task.request.id
-    if suspect:
-        deliveries = 1 + count_redelivery(task)
-        if deliveries > get_settings().max_deliveries:
-            return _dead_letter(intake, message_id, deliveries)
+def _submit(task: Task, intake: Intake, *, alone: bool) -> Ticket:
+    """Record the message's bad articles, hand the good ones to the batcher."""
     try:
-        services.store().write_rejects(intake.rejects, message_id)
+        services.store().write_rejects(intake.rejects, task.request.id)
         metrics.REJECTS.inc(len(intake.rejects))
-        version, poisoned = None, []
-        if intake.articles:
-            ticket = services.batcher().submit(intake.articles, alone=suspect)
-            version = ticket.wait(get_settings().task_timeout)
-            poisoned = article_rejects(intake, ticket.rejected)
-            services.store().write_rejects(poisoned, message_id)
-            metrics.REJECTS.inc(len(poisoned))
+        if not intake.articles:
+            return Ticket(0)
+        return services.batcher().submit(intake.articles, alone=alone)
     except Exception as exc:
-        if task.request.retries >= MAX_RETRIES:
-            _give_up(intake, message_id, exc)
-            raise
-        countdown = min(2**task.request.retries, 60)
-        log.warning(
-            "message %s: %s; retry %d in %ds", message_id, exc, task.request.retries + 1, countdown
-        )
-        raise task.retry(exc=exc, countdown=countdown) from exc
-    return {
-        "stored": len(intake.articles) - len(poisoned),
-        "rejected": len(intake.rejects) + len(poisoned),
-        "model_version": version,
-    }
+        _retry(task, intake, exc)
+
+
+def _conclude(task: Task, context: Context, intake: Intake, ticket: Ticket) -> dict[str, Any]:
+    """The task's result once its ticket settled: the poisoned articles' reject rows written,
+    or the message retried (Celery's Retry raised) on a failure. Runs on the task's thread or,
+    after the task returned, on the completion thread: there with the task's request pushed,
+    so that a retry is sent as the task itself would send it."""
+    task.push_request(**vars(context))
+    try:
+        poisoned: list[RejectRecord] = []
+        try:
+            if ticket.error is not None:
+                raise ticket.error
+            poisoned = article_rejects(intake, ticket.rejected)
+            services.store().write_rejects(poisoned, context.id)
+            metrics.REJECTS.inc(len(poisoned))
+        except Exception as exc:
+            _retry(task, intake, exc)
+        return {
+            "stored": len(intake.articles) - len(poisoned),
+            "rejected": len(intake.rejects) + len(poisoned),
+            "model_version": ticket.model_version,
+        }
+    finally:
+        task.pop_request()
+
+
+def _retry(task: Task, intake: Intake, exc: Exception) -> NoReturn:
+    """Send the message again with backoff (raises Retry); after the last retry, record its
+    articles as rejects and raise `exc`."""
+    message_id = task.request.id
+    if task.request.retries >= MAX_RETRIES:
+        _give_up(intake, message_id, exc)
+        raise exc
+    countdown = min(2**task.request.retries, 60)
+    log.warning(
+        "message %s: %s; retry %d in %ds", message_id, exc, task.request.retries + 1, countdown
+    )
+    raise task.retry(exc=exc, countdown=countdown) from exc
 
 
 def article_rejects(intake: Intake, reasons: list[tuple[int, str]]) -> list[RejectRecord]:
@@ -131,7 +168,9 @@ def _give_up(intake: Intake, message_id: str, exc: BaseException) -> None:
 
 
 @worker_ready.connect
-def _freeze(**_: Any) -> None:
+def _ready(sender: Any, **_: Any) -> None:
+    """`sender`: the consumer, whose prefetch credit follows the messages' sizes from now."""
+    services.in_hand().attach(sender)
     heap.freeze()
 
 

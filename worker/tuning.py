@@ -24,19 +24,16 @@ unit-tested without either. Measured on 2 CPU cores with the small model (benchm
   articles/s. On CUDA it stays on, a thread per core in each process even when 8 processes
   share the 16 cores of the H200 machine: capping each at 2 threads was no faster (bert-base,
   PostgreSQL: 48,748 against 51,289 articles/s) and its windows took longer to tokenize.
-* 128 task threads (messages in hand) instead of 64: with one-article messages a window closes
-  once every thread has a message in it, and a thread waits until its rows are committed, so 64
-  threads kept one window in flight at a time and the cores waited on each forward pass (0.57
-  of 2 busy). Small model, PostgreSQL, one-article messages: 380/407 -> 552/557 articles/s (256
-  threads: 569/583); 256-article messages unchanged (1,058/1,060 vs 1,054/1,054 with 256). The
-  null model, which has no forward pass to wait for, pays for the extra threads in interpreter
-  time instead: one process about even (1,812 vs 1,547/1,883), two processes (256 threads on 2
-  cores) 2,239/2,581 -> 1,894/2,104 one-article messages/s. Served models are what the default
-  is for; a very cheap model on a CPU may want NEWSQ_CONCURRENCY=64.
+* 8 task threads: a classify task no longer holds its thread while its rows are on their way
+  (worker/completion.py), so a few threads take every message in hand, and the messages in hand
+  follow the prefetch credit, sized by articles (worker/prefetch.py). When each message held a
+  thread, 128 threads beat 64 with one-article messages (small model: 380/407 -> 552/557
+  articles/s), at batches of ~21 rows; a credit by articles let batches grow to 85 rows
+  (small model, one-article messages, 5,000: 218 -> 321 articles/s, sustained 238 -> 522; null
+  model, 2 processes: 684/778 -> 1,183/1,403, on a day this machine ran at half its speed).
 
 On CUDA the model runs on the GPU: one model thread (one stream), the tokenizer free to use the
-idle cores, and 64 task threads (a forward pass takes milliseconds there, not one window's wait;
-128 not yet measured on a GPU). An eager GPU batch of titles is bound by kernel launches, not
+idle cores. An eager GPU batch of titles is bound by kernel launches, not
 arithmetic, until it is large: measured on one H200 with the bert-base shape in bf16
 (benchmarks/gpu.sh), 20,500 articles/s at batch 256, 35,600 at 512, 52,400 at 1,024, and 23,900
 with a budget of 8,192 tokens (~400 rows): hence a budget of 32,768 tokens and up to 2,048 rows.
@@ -68,8 +65,7 @@ CPU_MAX_ROWS = 512
 CUDA_MAX_ROWS = 2048
 CPU_WINDOW_BUDGETS = 16
 CUDA_WINDOW_BUDGETS = 4
-CPU_TASK_THREADS = 128
-CUDA_TASK_THREADS = 64
+TASK_THREADS = 8
 CUDA_WRITERS = 2
 
 
@@ -81,7 +77,7 @@ class Tuning:
     model_threads: int  # forward passes running side by side
     torch_threads: int  # intra-op threads of each
     tokenizer_parallelism: bool
-    task_threads: int  # Celery's thread pool: messages held at once
+    task_threads: int  # Celery's thread pool (messages in hand: worker/prefetch.py)
     writers: int  # write threads, each on a connection of its own
 
 
@@ -109,7 +105,7 @@ def resolve(
         model_threads=threads,
         torch_threads=max(1, cores // threads),
         tokenizer_parallelism=cuda if tokenizer_parallelism is None else tokenizer_parallelism,
-        task_threads=task_threads or (CUDA_TASK_THREADS if cuda else CPU_TASK_THREADS),
+        task_threads=task_threads or TASK_THREADS,
         writers=writers or (CUDA_WRITERS if cuda and not sqlite else 1),
     )
 
