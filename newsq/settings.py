@@ -134,7 +134,7 @@ class Settings(BaseSettings):
         " metrics and SQL show.",
     )
     task_timeout: float = Field(
-        600.0, gt=0, description="Seconds a classify task waits for its rows to be committed."
+        600.0, gt=0, description="Seconds a message in hand waits for its rows before a retry."
     )
     reload_interval_s: float = Field(
         5.0, gt=0, description="How often a worker checks SQL for a newly promoted model."
