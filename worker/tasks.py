@@ -22,7 +22,7 @@ from celery.worker.control import inspect_command
 
 from db.store import RejectRecord
 from newsq.settings import get_settings
-from producer.contract import CLASSIFY_TASK, TRAIN_QUEUE
+from producer.contract import CLASSIFY_QUEUE, CLASSIFY_TASK
 from worker import completion, heap, metrics, services
 from worker.app import app
 from worker.batcher import Ticket
@@ -169,10 +169,10 @@ def _give_up(intake: Intake, message_id: str, exc: BaseException) -> None:
 
 @worker_ready.connect
 def _ready(sender: Any, **_: Any) -> None:
-    """`sender`: the consumer. Its prefetch credit follows the messages' sizes from now, unless
-    it also takes training runs: each lasts minutes, and must not wait in one worker's hand
-    while another is free, so such a worker keeps Celery's one message a thread."""
-    if TRAIN_QUEUE not in sender.app.amqp.queues.consume_from:
+    """`sender`: the consumer. A classify worker's prefetch credit follows the messages' sizes
+    from now; a worker of training runs alone keeps Celery's one message a thread (a run lasts
+    minutes, and must not wait in one worker's hand while another is free)."""
+    if CLASSIFY_QUEUE in sender.app.amqp.queues.consume_from:
         services.in_hand().attach(sender)
     heap.freeze()
 
