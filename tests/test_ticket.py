@@ -9,11 +9,10 @@ import pytest
 from worker.batcher import Ticket
 
 
-def test_a_ticket_waits_for_every_article_then_answers_every_wait() -> None:
+def test_a_ticket_settles_once_every_article_is_committed_or_rejected() -> None:
     ticket = Ticket(3)
     ticket.settle(2, "v1")
-    with pytest.raises(TimeoutError):
-        ticket.wait(timeout=0.05)
+    assert not ticket.settled
     ticket.reject(1, "too odd")
     assert ticket.wait(timeout=1) == "v1"
     assert ticket.wait(timeout=1) == "v1"  # a second wait does not block
@@ -67,11 +66,11 @@ def test_a_failure_settles_and_calls_back_too() -> None:
     assert ticket.settled and [str(e) for e in calls] == ["database went away"]
 
 
-def test_settle_within_fails_a_ticket_that_does_not_settle_in_time() -> None:
+def test_a_wait_past_its_timeout_fails_the_ticket() -> None:
     ticket = Ticket(1)
-    ticket.settle_within(0.05)
+    with pytest.raises(TimeoutError):
+        ticket.wait(0.05)
     assert ticket.settled and isinstance(ticket.error, TimeoutError)
-    done = Ticket(1)
-    done.settle(1, "v1")
-    done.settle_within(5)  # settled: returns at once
-    assert done.error is None and done.model_version == "v1"
+    ticket.settle(1, "v1")  # too late: the message is retried
+    with pytest.raises(TimeoutError):
+        ticket.wait(0.01)

@@ -106,20 +106,15 @@ class Ticket:
         callback()
 
     def wait(self, timeout: float) -> str | None:
-        """Block until settled; re-raise the batch's error; return the model version used."""
-        if not self._gate.acquire(timeout=timeout):
-            raise TimeoutError(f"rows not committed within {timeout:.0f}s")
-        self._gate.release()  # open for any later wait, too
+        """Block until settled, failing the ticket with a TimeoutError past `timeout`; re-raise
+        the batch's error; return the model version used."""
+        if self._gate.acquire(timeout=timeout):
+            self._gate.release()  # open for any later wait, too
+        else:
+            self.fail(TimeoutError(f"rows not committed within {timeout:.0f}s"))
         if self.error is not None:
             raise self.error
         return self.model_version
-
-    def settle_within(self, timeout: float) -> None:
-        """Block until settled; past `timeout`, fail the ticket with a TimeoutError."""
-        if self._gate.acquire(timeout=timeout):
-            self._gate.release()
-        else:
-            self.fail(TimeoutError(f"rows not committed within {timeout:.0f}s"))
 
     def _release_waiters(self) -> None:
         """Release the waiters, once (called under self._lock)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import suppress
 from functools import partial
 from typing import Any, NoReturn
 
@@ -58,7 +59,8 @@ def classify(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
             if deliveries > get_settings().max_deliveries:
                 return _dead_letter(intake, self.request.id, deliveries)
             ticket = _submit(self, intake, alone=True)
-            ticket.settle_within(get_settings().task_timeout)
+            with suppress(Exception):  # the ticket keeps its error (or timeout): concluded below
+                ticket.wait(get_settings().task_timeout)
             return _conclude(self, self.request, intake, ticket)
     ticket = _submit(self, intake, alone=False)
     if ticket.settled:  # nothing to classify: only rejects
