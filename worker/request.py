@@ -23,7 +23,6 @@ import time
 from typing import Any
 
 from billiard.einfo import ExceptionInfo
-from celery.utils.saferepr import saferepr
 from celery.worker.request import Request
 
 from worker import completion, services
@@ -49,7 +48,10 @@ class DecodedRequest(Request):  # type: ignore[misc]
 
         def finish() -> None:
             try:
-                result = saferepr(deferred.conclude())  # as Celery's trace passes it
+                # Celery's trace passes on saferepr(result); a dict of three counts and a
+                # version needs no guard, and saferepr cost 6% of a worker's interpreter time
+                # with one-article messages.
+                result = repr(deferred.conclude())
                 outcome = (False, result, time.monotonic() - started)
             except Exception:
                 outcome = (True, ExceptionInfo(), time.monotonic() - started)

@@ -24,7 +24,9 @@ from worker.prefetch import InHand
 
 
 class _Singletons:
-    """Holder of the process-wide objects, guarded by one lock."""
+    """Holder of the process-wide objects, guarded by one lock when they are built. Each
+    accessor reads its object without the lock once built: classify calls several of them
+    per message."""
 
     lock = threading.RLock()
     store: ResultStore | None = None
@@ -34,6 +36,8 @@ class _Singletons:
 
 
 def store() -> ResultStore:
+    if (built := _Singletons.store) is not None:
+        return built
     with _Singletons.lock:
         if _Singletons.store is None:
             _Singletons.store = ResultStore(make_engine(get_settings().database_url))
@@ -42,6 +46,8 @@ def store() -> ResultStore:
 
 def completions() -> Completions:
     """The thread that finishes classify messages once their rows are committed."""
+    if (built := _Singletons.completions) is not None:
+        return built
     with _Singletons.lock:
         if _Singletons.completions is None:
             _Singletons.completions = Completions(get_settings().task_timeout)
@@ -50,6 +56,8 @@ def completions() -> Completions:
 
 def in_hand() -> InHand:
     """The prefetch credit of this worker's consumer, in articles (worker/prefetch.py)."""
+    if (built := _Singletons.in_hand) is not None:
+        return built
     with _Singletons.lock:
         if _Singletons.in_hand is None:
             settings = get_settings()
@@ -87,6 +95,8 @@ def policy_from(settings: Settings, tuned: tuning.Tuning, pad_multiple: int) -> 
 def batcher() -> Batcher:
     """Load the promoted model (else NEWSQ_MODEL_DIR), register its version in SQL, start the
     pipeline threads (once)."""
+    if (built := _Singletons.batcher) is not None:
+        return built
     results = store()
     with _Singletons.lock:
         if _Singletons.batcher is None:
