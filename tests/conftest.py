@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -27,7 +28,17 @@ ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER_DIR = Path(
     os.environ.get("NEWSQ_TOKENIZER_DIR", ROOT.parent / "shared/data/bert-base-chinese")
 )
-REDIS_URL = os.environ.get("NEWSQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+
+
+def _own_db(url: str) -> str:
+    """`url` with the db index moved up by the pytest-xdist process's number (gw0, gw1, ...),
+    so that each process flushes a Redis db of its own: 11, 12, ... by default."""
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    parts = urlsplit(url)
+    return parts._replace(path=f"/{int(parts.path.strip('/') or 0) + index}").geturl()
+
+
+REDIS_URL = _own_db(os.environ.get("NEWSQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/11"))
 PG_URL = os.environ.get("NEWSQ_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 

@@ -22,6 +22,8 @@ def run_contract_test(ci: str) -> subprocess.CompletedProcess[str]:
             "-m",
             "pytest",
             "-q",
+            "-n",
+            "0",
             "-p",
             "no:cacheprovider",
             "tests/test_schema.py::test_migrations_match_the_models",
