@@ -20,7 +20,6 @@ from db.models import utcnow
 from producer.contract import TRAIN_TASK, TrainRequest
 from worker import services, tuning
 from worker.app import app
-from worker.trainer import train
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +47,10 @@ def train_model(self: Task, **kwargs: Any) -> dict[str, Any]:
 
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     version = f"{Path(request.base_model).name}-run{run_id}-{stamp}"
+    # Imported here, not at the top: the trainer brings the HF Trainer, scikit-learn and
+    # matplotlib, about two seconds of every worker's start-up that serving never uses.
+    from worker.trainer import train
+
     try:
         # Every core: a classify batcher in the same process (the demo's worker consumes both
         # queues) has set one torch thread per forward pass, which would halve training speed.
