@@ -19,8 +19,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.svm import LinearSVC
 
 from producer.contract import TrainRequest
-from worker.model_shapes import THUCNEWS_LABELS
-from worker.train_data import read_data
+from worker.train_data import THUCNEWS_LABELS, read_data
 from worker.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]

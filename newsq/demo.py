@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from rich.console import Console
 from rich.table import Table
 
@@ -25,6 +27,7 @@ from db.models import utcnow
 from newsq.settings import Settings
 from producer.client import NewsClient
 from worker.launcher import WorkerProcess
+from worker.train_data import THUCNEWS_LABELS
 
 console = Console()
 
@@ -68,7 +71,10 @@ def broker(url: str) -> Iterator[str]:
         try:
             yield embedded
         finally:
-            server.shutdown()
+            # Without retries: redis-py would retry SHUTDOWN's expected dropped connection with
+            # backoff, ~3.5 s of a demo that has already printed its results. Nothing to save.
+            server.set_retry(Retry(NoBackoff(), 0))
+            server.shutdown(nosave=True)
 
 
 def ensure_model(settings: Settings) -> None:
@@ -178,8 +184,6 @@ def report(
         table.add_row(label, str(n))
     console.print(table)
     predicted = queries.latest_labels(engine, ids)
-    from worker.model_shapes import THUCNEWS_LABELS
-
     truth = {i: THUCNEWS_LABELS[label] for i, _, label in titles if label is not None}
     hits = sum(predicted.get(i) == label for i, label in truth.items())
     if truth:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -50,3 +51,21 @@ def test_demo_runs_on_embedded_defaults(tmp_path: Path) -> None:
     assert (tmp_path / "newsq.db").exists()
     assert (tmp_path / "models/current/config.json").exists()
     assert list((tmp_path / "runs").glob("run-*/model/config.json"))
+
+
+def test_the_report_of_a_demo_does_not_import_torch(tmp_path: Path) -> None:
+    """A second run has its model: its report must not wait ~6 s for torch and transformers."""
+    code = f"""
+import json, sys
+from db.engine import make_engine
+from db.migrate import upgrade
+from newsq.demo import report
+from newsq.settings import Settings
+url = "sqlite:///{tmp_path / "newsq.db"}"
+upgrade(url)
+report(make_engine(url), [("a", "a title", 3)], 0, 1.0, Settings(database_url=url))
+print(json.dumps([m for m in ("torch", "transformers") if m in sys.modules]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "Agreement with the file's labels: 0.0%" in out.stdout
+    assert json.loads(out.stdout.splitlines()[-1]) == []

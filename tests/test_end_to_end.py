@@ -18,7 +18,7 @@ from producer.client import NewsClient, celery_client
 from producer.contract import CLASSIFY_QUEUE, CLASSIFY_TASK
 from tests.conftest import WorkerFactory
 from tests.helpers import prediction_rows, publish_raw, rejects_of, titles, wait_until
-from worker.model_shapes import THUCNEWS_LABELS
+from worker.train_data import THUCNEWS_LABELS
 
 
 def test_thousand_articles_give_exactly_a_thousand_rows_and_resending_adds_none(

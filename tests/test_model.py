@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoTokenizer
 from newsq.settings import Precision
 from tests.helpers import freed_by_reference_count, warmed
 from worker.model import ModelRuntime, TensorBatch, resolve_precision
-from worker.model_shapes import THUCNEWS_LABELS
+from worker.train_data import THUCNEWS_LABELS
 
 
 def test_chinese_title_does_not_encode_to_unk(small_model: Path) -> None:

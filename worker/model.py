@@ -25,7 +25,7 @@ from newsq.settings import Precision
 from worker.batch_policy import padded_width
 from worker.cuda_graphs import CudaGraphs, Forward
 from worker.cuda_graphs import every_row_bucket as all_row_buckets
-from worker.model_shapes import THUCNEWS_LABELS
+from worker.train_data import THUCNEWS_LABELS
 
 log = logging.getLogger(__name__)
 

@@ -13,18 +13,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoTokenizer, BertForSequenceClassification
 
-THUCNEWS_LABELS = (
-    "finance",
-    "realty",
-    "stocks",
-    "education",
-    "science",
-    "society",
-    "politics",
-    "sports",
-    "game",
-    "entertainment",
-)
+from worker.train_data import THUCNEWS_LABELS
 
 SHAPES: dict[str, dict[str, Any]] = {
     "small": {

@@ -11,6 +11,20 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# The label ids of the THUCNews files, and of a model trained without a class file.
+THUCNEWS_LABELS = (
+    "finance",
+    "realty",
+    "stocks",
+    "education",
+    "science",
+    "society",
+    "politics",
+    "sports",
+    "game",
+    "entertainment",
+)
+
 
 class DataError(Exception):
     """The data cannot be used at all (missing file, no title/label column, no labels)."""

@@ -25,9 +25,9 @@ from transformers import (
 )
 
 from producer.contract import TrainRequest
-from worker.model_shapes import SHAPES, THUCNEWS_LABELS, build_config
+from worker.model_shapes import SHAPES, build_config
 from worker.pretrain import pretrain_encoder
-from worker.train_data import LabelledData, read_data, read_labels
+from worker.train_data import THUCNEWS_LABELS, LabelledData, read_data, read_labels
 from worker.train_metrics import classification_report
 from worker.train_plots import plot_confusion, plot_losses
 from worker.vocab import trimmed_tokenizer
