@@ -457,4 +457,32 @@ def demo(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except Exception as exc:
+        message = service_error(exc)
+        if message is None:
+            raise  # a bug: its traceback
+        typer.echo(f"newsq: {message}", err=True)
+        raise SystemExit(1) from None
+
+
+def service_error(exc: Exception) -> str | None:
+    """One line for the broker or the database that cannot be reached or used, with the URL
+    (password masked) that the command used; None for anything else. An operator needs to know
+    which service and why, not the stack of the client library that found out."""
+    from kombu.exceptions import OperationalError as BrokerError
+    from kombu.utils.url import maybe_sanitize_url
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from sqlalchemy.exc import OperationalError as DatabaseError
+
+    settings = get_settings()
+    if isinstance(exc, BrokerError | RedisConnectionError | RedisTimeoutError):
+        service, url, reason = "broker", settings.broker_url, str(exc)
+    elif isinstance(exc, DatabaseError):
+        service, url, reason = "database", settings.database_url, str(exc.orig)
+    else:
+        return None
+    reason = " ".join(reason.split())  # psycopg's reasons run over several lines
+    return f"the {service} at {maybe_sanitize_url(url, mask='***')} failed: {reason}"

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from celery import Celery
 from kombu.exceptions import BatchPublishError
+from kombu.utils.url import maybe_sanitize_url
 from pydantic import ValidationError
 
 from producer import serializer, transport
@@ -239,7 +240,18 @@ class NewsClient:
         return int(sum(pipe.execute()))
 
     def _channel(self) -> Any:
-        return self.connection().ensure_connection(max_retries=3).default_channel
+        # Three retries, 2 + 4 + 6 s apart (kombu's intervals): a Redis restart is ridden out.
+        # Each is said, so that a wait on an unreachable broker is not a silent hang.
+        def retrying(exc: Exception, interval: float) -> None:
+            log.warning(
+                "broker %s unreachable (%s): retrying in %.0f s",
+                maybe_sanitize_url(self.broker_url, mask="***"),
+                exc,
+                interval,
+            )
+
+        connection = self.connection().ensure_connection(errback=retrying, max_retries=3)
+        return connection.default_channel
 
     def wait_for_room(
         self, max_queue: int, on_wait: Callable[[int], None] | None = None, poll: float = 0.5

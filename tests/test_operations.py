@@ -24,6 +24,7 @@ from sqlalchemy import Engine
 
 from db.queries import committed_count
 from newsq.cli import app as cli_app
+from newsq.cli import service_error
 from producer.client import NewsClient, celery_client
 from producer.contract import CLASSIFY_QUEUE, CLASSIFY_TASK
 from producer.status import redact
@@ -121,6 +122,38 @@ def test_per_task_log_lines_only_when_asked(
 def test_status_never_shows_secrets() -> None:
     assert redact("redis://:s3cret@redis:6379/0") == "redis://:***@redis:6379/0"
     assert "pw" not in redact("postgresql://newsq:pw@postgres:5432/newsq")
+
+
+@pytest.mark.parametrize(
+    ("command", "env", "said"),
+    [
+        (  # refused at once
+            ("status",),
+            {"NEWSQ_DATABASE_URL": "postgresql+psycopg://newsq:s3cr3t@127.0.0.1:1/newsq"},
+            "newsq: the database at postgresql+psycopg://newsq:***@127.0.0.1:1/newsq failed: "
+            "connection failed: ",
+        ),
+        (  # after the client's three retries, each said on the way
+            ("enqueue", "标题"),
+            {"NEWSQ_BROKER_URL": "redis://:s3cr3t@127.0.0.1:1/0"},
+            "newsq: the broker at redis://:***@127.0.0.1:1/0 failed: Error 111 connecting",
+        ),
+    ],
+)
+def test_a_service_that_cannot_be_reached_is_one_line_naming_it(
+    redis_url: str, command: tuple[str, ...], env: dict[str, str], said: str
+) -> None:
+    result = run_cli(*command, env={"NEWSQ_BROKER_URL": redis_url, **env})
+    assert result.returncode == 1
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith(said), result.stderr
+    assert "Traceback" not in result.stderr and "s3cr3t" not in result.stderr
+    if command[0] == "enqueue":
+        assert result.stderr.count("unreachable") == 3
+
+
+def test_other_errors_keep_their_traceback() -> None:
+    assert service_error(ValueError("a bug")) is None
 
 
 @SQLITE_ONLY
