@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from newsq.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.exc import DBAPIError
 
 app = typer.Typer(
     help="Classify news articles with BERT behind a Redis queue.", no_args_is_help=True
@@ -475,14 +478,22 @@ def service_error(exc: Exception) -> str | None:
     from kombu.utils.url import maybe_sanitize_url
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
-    from sqlalchemy.exc import OperationalError as DatabaseError
+    from sqlalchemy.exc import DBAPIError, OperationalError
 
     settings = get_settings()
     if isinstance(exc, BrokerError | RedisConnectionError | RedisTimeoutError):
         service, url, reason = "broker", settings.broker_url, str(exc)
-    elif isinstance(exc, DatabaseError):
+    elif isinstance(exc, DBAPIError) and (isinstance(exc, OperationalError) or missing_table(exc)):
         service, url, reason = "database", settings.database_url, str(exc.orig)
+        if missing_table(exc):
+            reason += " (has `newsq db upgrade` run on this database?)"
     else:
         return None
     reason = " ".join(reason.split())  # psycopg's reasons run over several lines
     return f"the {service} at {maybe_sanitize_url(url, mask='***')} failed: {reason}"
+
+
+def missing_table(exc: DBAPIError) -> bool:
+    """A table of the schema is missing: SQLite's "no such table", PostgreSQL's undefined_table
+    (a ProgrammingError, otherwise a bug in a statement, which keeps its traceback)."""
+    return getattr(exc.orig, "sqlstate", None) == "42P01" or "no such table" in str(exc.orig)

@@ -28,7 +28,7 @@ from newsq.cli import service_error
 from producer.client import NewsClient, celery_client
 from producer.contract import CLASSIFY_QUEUE, CLASSIFY_TASK
 from producer.status import redact
-from tests.conftest import ROOT, WorkerFactory, run_cli
+from tests.conftest import ROOT, WorkerFactory, postgres_schema_url, run_cli
 from tests.helpers import free_port, titles, wait_until
 from worker.events import FLUSH_INTERVAL
 
@@ -150,6 +150,20 @@ def test_a_service_that_cannot_be_reached_is_one_line_naming_it(
     assert "Traceback" not in result.stderr and "s3cr3t" not in result.stderr
     if command[0] == "enqueue":
         assert result.stderr.count("unreachable") == 3
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_database_without_the_schema_is_one_line_asking_for_an_upgrade(
+    kind: str, tmp_path: Path
+) -> None:
+    urls = [f"sqlite:///{tmp_path / 'empty.db'}"] if kind == "sqlite" else postgres_schema_url()
+    for url in urls:  # PostgreSQL: a fresh schema, dropped after the loop
+        result = run_cli("model", "list", env={"NEWSQ_DATABASE_URL": url})
+        assert result.returncode == 1
+        assert "Traceback" not in result.stderr
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("newsq: the database at ") and "model_versions" in line
+        assert line.endswith("(has `newsq db upgrade` run on this database?)")
 
 
 def test_other_errors_keep_their_traceback() -> None:
