@@ -463,11 +463,29 @@ def main() -> None:
     try:
         app()
     except Exception as exc:
-        message = service_error(exc)
+        message = settings_error(exc) or service_error(exc)
         if message is None:
             raise  # a bug: its traceback
         typer.echo(f"newsq: {message}", err=True)
         raise SystemExit(1) from None
+
+
+def settings_error(exc: Exception) -> str | None:
+    """One line naming each NEWSQ_* setting (from the environment, .env or an option) that
+    is not valid, and why; a URL's password masked. None for any other error."""
+    from kombu.utils.url import maybe_sanitize_url
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError) or exc.title != Settings.__name__:
+        return None
+
+    def given(value: object) -> str:
+        return repr(maybe_sanitize_url(value, mask="***") if isinstance(value, str) else value)
+
+    return "; ".join(
+        f"NEWSQ_{'_'.join(map(str, e['loc'])).upper()}={given(e['input'])}: {e['msg']}"
+        for e in exc.errors()
+    )
 
 
 def service_error(exc: Exception) -> str | None:

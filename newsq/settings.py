@@ -40,7 +40,9 @@ class Settings(BaseSettings):
         "../shared/data/bert-base-chinese",
         description="Tokenizer/config folder of `newsq model init` and of the `null` model.",
     )
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    device: str = Field(
+        "auto", description="auto, cpu, cuda or cuda:N.", pattern=r"^(auto|cpu|cuda(:\d+)?)$"
+    )
     precision: Precision = Field(
         "auto",
         description="Weights and arithmetic of the forward pass: fp32, bf16 (weights cast),"

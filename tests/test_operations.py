@@ -24,7 +24,7 @@ from sqlalchemy import Engine
 
 from db.queries import committed_count
 from newsq.cli import app as cli_app
-from newsq.cli import service_error
+from newsq.cli import service_error, settings_error
 from producer.client import NewsClient, celery_client
 from producer.contract import CLASSIFY_QUEUE, CLASSIFY_TASK
 from producer.status import redact
@@ -166,7 +166,17 @@ def test_a_database_without_the_schema_is_one_line_asking_for_an_upgrade(
         assert line.endswith("(has `newsq db upgrade` run on this database?)")
 
 
+def test_settings_that_are_not_valid_are_one_line_naming_each() -> None:
+    result = run_cli("worker", "--device", "tpu", env={"NEWSQ_CONCURRENCY": "many"})
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("newsq: NEWSQ_") and "Traceback" not in result.stderr
+    assert "NEWSQ_DEVICE='tpu': String should match pattern '^(auto|cpu|cuda(:\\d+)?)$'" in line
+    assert "NEWSQ_CONCURRENCY='many': Input should be a valid integer" in line
+
+
 def test_other_errors_keep_their_traceback() -> None:
+    assert settings_error(ValueError("a bug")) is None
     assert service_error(ValueError("a bug")) is None
 
 
