@@ -489,9 +489,9 @@ def settings_error(exc: Exception) -> str | None:
 
 
 def service_error(exc: Exception) -> str | None:
-    """One line for the broker or the database that cannot be reached or used, with the URL
-    (password masked) that the command used; None for anything else. An operator needs to know
-    which service and why, not the stack of the client library that found out."""
+    """One line for the broker or the database that cannot be reached or used, with its
+    configured URL (password masked); None for anything else. An operator needs to know which
+    service and why, not the stack of the client library that found out."""
     from kombu.exceptions import OperationalError as BrokerError
     from kombu.utils.url import maybe_sanitize_url
     from redis.exceptions import ConnectionError as RedisConnectionError
