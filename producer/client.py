@@ -30,6 +30,7 @@ from producer.contract import (
     TRAIN_TASK,
     Article,
     TrainRequest,
+    describe,
     priority_lists,
 )
 from producer.transport import TRANSPORT
@@ -97,7 +98,8 @@ def validated(items: list[ArticleLike]) -> list[Article]:
         try:
             ready.append(to_article(item))
         except (ValidationError, ValueError, TypeError) as exc:
-            raise ValueError(f"article {index}: {exc}") from exc
+            reason = describe(exc) if isinstance(exc, ValidationError) else str(exc)
+            raise ValueError(f"article {index}: {reason}") from exc
     return ready
 
 

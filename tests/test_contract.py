@@ -88,7 +88,7 @@ def test_the_client_checks_a_list_of_dicts_in_one_call_as_it_would_one_by_one() 
     assert validated([*items, ("a3", "t")])[2].key == "a3"  # tuples take the slow path
     with pytest.raises(ValueError) as info:
         validated([*items, {"title": " "}, {"title": 42}])
-    assert str(info.value).startswith("article 2: ") and "input_value=' '" in str(info.value)
+    assert str(info.value) == "article 2: title is empty or contains a NUL character"
 
 
 def test_importing_the_producer_does_not_import_torch_or_transformers() -> None:
