@@ -72,7 +72,13 @@ def worker(
     from worker.app import app as celery_app
 
     if CLASSIFY_QUEUE in queues.split(","):
-        runtime = services.batcher().runtime  # load the model first: a broken one fails here
+        from worker.model import ModelLoadError
+
+        try:  # load the model first: a broken one fails here, in one line
+            runtime = services.batcher().runtime
+        except ModelLoadError as exc:
+            typer.echo(f"newsq: {exc}", err=True)
+            raise typer.Exit(1) from None
         device_type = runtime.device.type
         if settings.metrics_port:
             serve_metrics(settings, device_type == "cuda")

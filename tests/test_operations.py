@@ -22,6 +22,7 @@ import torch
 import typer
 from sqlalchemy import Engine
 
+from db.migrate import upgrade
 from db.queries import committed_count
 from newsq.cli import app as cli_app
 from newsq.cli import service_error, settings_error
@@ -173,6 +174,38 @@ def test_settings_that_are_not_valid_are_one_line_naming_each() -> None:
     assert line.startswith("newsq: NEWSQ_") and "Traceback" not in result.stderr
     assert "NEWSQ_DEVICE='tpu': String should match pattern '^(auto|cpu|cuda(:\\d+)?)$'" in line
     assert "NEWSQ_CONCURRENCY='many': Input should be a valid integer" in line
+
+
+@pytest.mark.parametrize(
+    ("folder", "said"),
+    [
+        ("empty", "newsq: the model folder {path} has no config.json: "),
+        (
+            "missing",
+            "newsq: the model {path} (not a folder here, so a Hugging Face Hub name) cannot be"
+            " loaded: ",
+        ),
+    ],
+)
+def test_a_model_that_cannot_be_loaded_stops_the_worker_in_one_line(
+    redis_url: str, tmp_path: Path, folder: str, said: str
+) -> None:
+    path = tmp_path / folder
+    if folder == "empty":
+        path.mkdir()
+    database = f"sqlite:///{tmp_path / 'newsq.db'}"
+    upgrade(database)  # no promoted version: the worker loads NEWSQ_MODEL_DIR
+    env = {
+        "NEWSQ_BROKER_URL": redis_url,
+        "NEWSQ_DATABASE_URL": database,
+        "NEWSQ_MODEL_DIR": str(path),
+        "NEWSQ_METRICS_PORT": "0",
+        "HF_HUB_OFFLINE": "1",
+    }
+    result = run_cli("worker", env=env, timeout=120)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].startswith(said.format(path=path)), result.stderr
 
 
 def test_other_errors_keep_their_traceback() -> None:

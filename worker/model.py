@@ -67,6 +67,10 @@ def resolve_precision(precision: Precision, device: torch.device) -> Precision:
     return "fp32"
 
 
+class ModelLoadError(Exception):
+    """The model named by a folder or a Hub name cannot be loaded; the message is one line."""
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -188,12 +192,25 @@ class ModelRuntime:
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
             model: Any = NullClassifier(THUCNEWS_LABELS)
         else:
-            if not Path(name_or_path).exists():
+            local = Path(name_or_path).exists()
+            if local and not (Path(name_or_path) / "config.json").exists():
+                raise ModelLoadError(
+                    f"the model folder {name_or_path} has no config.json: give a folder that"
+                    " save_pretrained wrote (`newsq model init DIR` writes an untrained one)"
+                )
+            if not local:
                 log.warning(
                     "%s is not a local folder: loading it from the Hugging Face Hub", name_or_path
                 )
-            tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-            model = AutoModelForSequenceClassification.from_pretrained(name_or_path)
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+                model = AutoModelForSequenceClassification.from_pretrained(name_or_path)
+            except (OSError, ValueError) as exc:
+                where = "" if local else " (not a folder here, so a Hugging Face Hub name)"
+                reason = " ".join(str(exc).split())
+                raise ModelLoadError(
+                    f"the model {name_or_path}{where} cannot be loaded: {reason}"
+                ) from exc
         # Serving never trains: no autograd state, whatever mode a pass (or a CUDA graph
         # capture) runs in.
         model.to(torch_device).eval().requires_grad_(False)
