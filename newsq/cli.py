@@ -78,7 +78,7 @@ def worker(
             runtime = services.batcher().runtime
         except ModelLoadError as exc:
             typer.echo(f"newsq: {exc}", err=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(os.EX_CONFIG) from None  # a supervisor does not restart it
         device_type = runtime.device.type
         if settings.metrics_port:
             serve_metrics(settings, device_type == "cuda")
@@ -469,11 +469,14 @@ def main() -> None:
     try:
         app()
     except Exception as exc:
-        message = settings_error(exc) or service_error(exc)
-        if message is None:
+        if (message := settings_error(exc)) is not None:
+            status = os.EX_CONFIG  # 78: fix the configuration; starting again will not help
+        elif (message := service_error(exc)) is not None:
+            status = 1  # a service may come back
+        else:
             raise  # a bug: its traceback
         typer.echo(f"newsq: {message}", err=True)
-        raise SystemExit(1) from None
+        raise SystemExit(status) from None
 
 
 def settings_error(exc: Exception) -> str | None:

@@ -169,7 +169,7 @@ def test_a_database_without_the_schema_is_one_line_asking_for_an_upgrade(
 
 def test_settings_that_are_not_valid_are_one_line_naming_each() -> None:
     result = run_cli("worker", "--device", "tpu", env={"NEWSQ_CONCURRENCY": "many"})
-    assert result.returncode == 1
+    assert result.returncode == os.EX_CONFIG
     (line,) = result.stderr.splitlines()
     assert line.startswith("newsq: NEWSQ_") and "Traceback" not in result.stderr
     assert "NEWSQ_DEVICE='tpu': String should match pattern '^(auto|cpu|cuda(:\\d+)?)$'" in line
@@ -203,9 +203,14 @@ def test_a_model_that_cannot_be_loaded_stops_the_worker_in_one_line(
         "HF_HUB_OFFLINE": "1",
     }
     result = run_cli("worker", env=env, timeout=120)
-    assert result.returncode == 1
+    assert result.returncode == os.EX_CONFIG  # 78: not worth starting again
     assert "Traceback" not in result.stderr
     assert result.stderr.splitlines()[-1].startswith(said.format(path=path)), result.stderr
+    if folder == "empty":  # a supervisor stops rather than restart it forever
+        supervised = run_cli("worker", "--gpus", "cpu", env=env, timeout=120)
+        assert supervised.returncode == os.EX_CONFIG, supervised.stderr
+        assert "cannot start as configured: stopping" in supervised.stderr
+        assert supervised.stderr.count("has no config.json") == 1
 
 
 def test_other_errors_keep_their_traceback() -> None:

@@ -147,10 +147,16 @@ class Supervisor:
         for worker in self.workers:
             log.info("starting %s", worker.hostname)
             worker.start(timeout=None)
+        status = 0
         while not self.stopping:
             time.sleep(0.5)
             for index, worker in enumerate(self.workers):
-                if not worker.alive and not self.stopping:
+                if worker.returncode == os.EX_CONFIG:
+                    # It cannot start as configured (a model that does not load): starting it
+                    # again would fail the same way, so stop them all and say so.
+                    log.error("%s cannot start as configured: stopping", worker.hostname)
+                    self.stopping, status = True, os.EX_CONFIG
+                elif not worker.alive and not self.stopping:
                     self._restart(index, worker)
         for worker in self.workers:
             if worker.process is not None and worker.alive:
@@ -158,7 +164,7 @@ class Supervisor:
         deadline = time.monotonic() + self.stop_timeout
         for worker in self.workers:
             worker.stop(timeout=max(1.0, deadline - time.monotonic()))
-        return 0
+        return status
 
     def _restart(self, index: int, worker: WorkerProcess) -> None:
         lived = time.monotonic() - worker.started_at
