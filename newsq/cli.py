@@ -482,14 +482,15 @@ def main() -> None:
 def settings_error(exc: Exception) -> str | None:
     """One line naming each NEWSQ_* setting (from the environment, .env or an option) that
     is not valid, and why; a URL's password masked. None for any other error."""
-    from kombu.utils.url import maybe_sanitize_url
     from pydantic import ValidationError
+
+    from producer.client import redact
 
     if not isinstance(exc, ValidationError) or exc.title != Settings.__name__:
         return None
 
     def given(value: object) -> str:
-        return repr(maybe_sanitize_url(value, mask="***") if isinstance(value, str) else value)
+        return repr(redact(value) if isinstance(value, str) else value)
 
     return "; ".join(
         f"NEWSQ_{'_'.join(map(str, e['loc'])).upper()}={given(e['input'])}: {e['msg']}"
@@ -502,10 +503,11 @@ def service_error(exc: Exception) -> str | None:
     configured URL (password masked); None for anything else. An operator needs to know which
     service and why, not the stack of the client library that found out."""
     from kombu.exceptions import OperationalError as BrokerError
-    from kombu.utils.url import maybe_sanitize_url
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
     from sqlalchemy.exc import DBAPIError, OperationalError
+
+    from producer.client import redact
 
     settings = get_settings()
     if isinstance(exc, BrokerError | RedisConnectionError | RedisTimeoutError):
@@ -517,7 +519,7 @@ def service_error(exc: Exception) -> str | None:
     else:
         return None
     reason = " ".join(reason.split())  # psycopg's reasons run over several lines
-    return f"the {service} at {maybe_sanitize_url(url, mask='***')} failed: {reason}"
+    return f"the {service} at {redact(url)} failed: {reason}"
 
 
 def missing_table(exc: DBAPIError) -> bool:

@@ -51,6 +51,11 @@ PUBLISH_RETRY_POLICY = {
 }
 
 
+def redact(url: str) -> str:
+    """`url` with its password masked: URLs end up in logs, tickets and chat rooms."""
+    return str(maybe_sanitize_url(url, mask="***"))
+
+
 def celery_client(broker_url: str) -> Celery:
     """A send-only Celery app configured for the contract (JSON, priority lists)."""
     app = Celery(
@@ -243,17 +248,14 @@ class NewsClient:
 
     def _channel(self) -> Any:
         # Three retries, 2 + 4 + 6 s apart (kombu's intervals): a Redis restart is ridden out.
-        # Each is said, so that a wait on an unreachable broker is not a silent hang.
-        def retrying(exc: Exception, interval: float) -> None:
-            log.warning(
-                "broker %s unreachable (%s): retrying in %.0f s",
-                maybe_sanitize_url(self.broker_url, mask="***"),
-                exc,
-                interval,
-            )
-
-        connection = self.connection().ensure_connection(errback=retrying, max_retries=3)
+        connection = self.connection().ensure_connection(errback=self._retrying, max_retries=3)
         return connection.default_channel
+
+    def _retrying(self, exc: Exception, interval: float) -> None:
+        """Each retry is said, so that a wait on an unreachable broker is not a silent hang."""
+        log.warning(
+            "broker %s unreachable (%s): retrying in %.0f s", redact(self.broker_url), exc, interval
+        )
 
     def wait_for_room(
         self, max_queue: int, on_wait: Callable[[int], None] | None = None, poll: float = 0.5

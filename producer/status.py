@@ -8,17 +8,12 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from kombu.utils.url import maybe_sanitize_url
 from sqlalchemy import Engine
 
 from db import queries
 from db.models import Prediction, Reject, utcnow
-from producer.client import NewsClient
+from producer.client import NewsClient, redact
 from producer.contract import CLASSIFY_QUEUE, PRIORITY_STEPS, TRAIN_QUEUE, priority_lists
-
-
-def redact(url: str) -> str:
-    return str(maybe_sanitize_url(url, mask="***"))
 
 
 def collect(

@@ -26,9 +26,8 @@ from db.migrate import upgrade
 from db.queries import committed_count
 from newsq.cli import app as cli_app
 from newsq.cli import service_error, settings_error
-from producer.client import NewsClient, celery_client
+from producer.client import NewsClient, celery_client, redact
 from producer.contract import CLASSIFY_QUEUE, CLASSIFY_TASK
-from producer.status import redact
 from tests.conftest import ROOT, WorkerFactory, postgres_schema_url, run_cli
 from tests.helpers import free_port, titles, wait_until
 from worker.events import FLUSH_INTERVAL

@@ -192,8 +192,9 @@ class ModelRuntime:
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
             model: Any = NullClassifier(THUCNEWS_LABELS)
         else:
-            local = Path(name_or_path).exists()
-            if local and not (Path(name_or_path) / "config.json").exists():
+            folder = Path(name_or_path)
+            local = folder.exists()
+            if local and not (folder / "config.json").exists():
                 raise ModelLoadError(
                     f"the model folder {name_or_path} has no config.json: give a folder that"
                     " save_pretrained wrote (`newsq model init DIR` writes an untrained one)"
