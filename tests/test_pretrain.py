@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from transformers import AutoTokenizer, BertForSequenceClassification
 
@@ -13,6 +14,8 @@ from worker.model_shapes import build_config
 from worker.pretrain import pretrain_encoder
 
 
+# A warning here would repeat in the log of every training run (e.g. pinned memory without a GPU).
+@pytest.mark.filterwarnings("error::UserWarning")
 def test_mlm_pretraining_updates_the_encoder_only(tmp_path: Path) -> None:
     titles = [
         line.split("\t")[0]

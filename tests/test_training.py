@@ -49,7 +49,7 @@ def test_train_through_the_queue_registers_a_version_with_a_report(
     tmp_path: Path,
     small_model: Path,
 ) -> None:
-    start_worker(queues="newsq.train", concurrency=1)
+    worker = start_worker(queues="newsq.train", concurrency=1)
     with NewsClient(clean_redis, database_url=database_url) as client:
         run_id = client.train(
             base_model=str(small_model),  # the from_pretrained path, as with hub weights
@@ -77,6 +77,9 @@ def test_train_through_the_queue_registers_a_version_with_a_report(
     assert list((folder / "checkpoints").glob("runs/*/events.out.tfevents.*"))
     (version,) = [v for v in registry.versions(engine) if v["run_id"] == run_id]
     assert version["promoted_at"] is not None  # nothing was promoted before: "better"
+    # A warning of the training stack would repeat in the log of every run (e.g. pinned memory
+    # asked for without a GPU).
+    assert worker.log_path is not None and "UserWarning" not in worker.log_path.read_text()
 
     env = {"NEWSQ_DATABASE_URL": database_url, "COLUMNS": "200"}
     report = run_cli("report", str(run_id), env=env)

@@ -60,6 +60,7 @@ def pretrain_encoder(
         logging_steps=100,
         report_to=["tensorboard"],
         bf16=torch.cuda.is_available(),
+        dataloader_pin_memory=torch.cuda.is_available(),  # else torch warns on every loader
         seed=seed,
         disable_tqdm=True,
     )

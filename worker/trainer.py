@@ -178,6 +178,7 @@ def train(request: TrainRequest, run_dir: Path, progress: Progress, version: str
         seed=request.seed,
         disable_tqdm=True,
         dataloader_num_workers=0,
+        dataloader_pin_memory=cuda,  # pinned pages only help a copy to a GPU; torch warns otherwise
     )
     trainer = Trainer(
         model=model,
