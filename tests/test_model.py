@@ -11,8 +11,18 @@ from transformers import AutoConfig, AutoTokenizer
 
 from newsq.settings import Precision
 from tests.helpers import freed_by_reference_count, warmed
-from worker.model import ModelRuntime, TensorBatch, resolve_precision
+from worker.model import Encoded, ModelRuntime, TensorBatch, resolve_precision
 from worker.train_data import THUCNEWS_LABELS
+
+
+def row(encoded: Encoded, i: int, *, types: bool = False) -> list[int]:
+    """Row `i` of the flat encoding: its token ids, or its token type ids."""
+    start, length = int(encoded.starts[i]), encoded.lengths[i]
+    if types and encoded.type_ids is None:
+        return [0] * length
+    values = encoded.type_ids if types else encoded.ids
+    assert values is not None
+    return [int(v) for v in values[start : start + length]]
 
 
 def test_chinese_title_does_not_encode_to_unk(small_model: Path) -> None:
@@ -25,9 +35,9 @@ def test_chinese_title_does_not_encode_to_unk(small_model: Path) -> None:
 
     runtime = ModelRuntime.load(str(small_model), device="cpu")
     encoded = runtime.encode([(title, None), (title, "正文内容")])
-    assert encoded.row(0) == ids
-    assert 100 not in encoded.row(1) and encoded.row_types(1)[-1] == 1
-    assert encoded.row_types(0) == [0] * len(ids)
+    assert row(encoded, 0) == ids
+    assert 100 not in row(encoded, 1) and row(encoded, 1, types=True)[-1] == 1
+    assert row(encoded, 0, types=True) == [0] * len(ids)
 
 
 def test_init_writes_the_small_shape_with_the_ten_labels(small_model: Path) -> None:
@@ -60,7 +70,7 @@ def test_huge_content_is_cut_before_tokenizing(small_model: Path) -> None:
     runtime = ModelRuntime.load(str(small_model), device="cpu", max_length=32)
     full = runtime.encode([("标题", "正文" * 50_000)])
     short = runtime.encode([("标题", "正文" * 64)])
-    assert full.row(0) == short.row(0) and full.lengths == [32]
+    assert row(full, 0) == row(short, 0) and full.lengths == [32]
 
 
 def test_null_model_tokenizes_for_real_and_answers_uniformly(tokenizer_dir: Path) -> None:

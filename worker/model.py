@@ -102,15 +102,6 @@ class Encoded:
 
         return cls(flat(ids), flat(type_ids) if type_ids else None, starts, lengths.tolist())
 
-    def row(self, i: int) -> list[int]:
-        start = self.starts[i]
-        return self.ids[start : start + self.lengths[i]].tolist()  # type: ignore[no-any-return]
-
-    def row_types(self, i: int) -> list[int]:
-        if self.type_ids is None:
-            return [0] * self.lengths[i]
-        start = self.starts[i]
-        return self.type_ids[start : start + self.lengths[i]].tolist()  # type: ignore[no-any-return]
 
 
 @dataclass(slots=True)
