@@ -103,7 +103,6 @@ class Encoded:
         return cls(flat(ids), flat(type_ids) if type_ids else None, starts, lengths.tolist())
 
 
-
 @dataclass(slots=True)
 class TensorBatch:
     """A batch's three input tensors as planes of one [3, rows, width] int64 tensor: a CUDA
