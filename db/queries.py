@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVarTuple
 
 from sqlalchemy import (
     JSON,
@@ -20,13 +20,14 @@ from sqlalchemy import (
     Select,
     String,
     Text,
+    and_,
     column,
     func,
     select,
     table,
 )
 
-from db.models import ModelVersion, Prediction, Reject
+from db.models import ArticleRow, ModelVersion, Prediction, Reject
 
 # The documented view (db/migrations/versions/0001_initial.py), as a selectable.
 latest_predictions = table(
@@ -114,3 +115,49 @@ def count_since(
         query = query.where(model.created_at >= since)
     with engine.connect() as conn:
         return int(conn.execute(query).scalar_one())
+
+
+Columns = TypeVarTuple("Columns")
+
+
+def _without_prediction_of(
+    query: Select[*Columns], version: str, since: datetime | None, source: str | None
+) -> Select[*Columns]:
+    """Articles that `version` has not classified: an anti-join on the predictions' unique
+    (article_id, model_version) index, so a page costs an index probe per article."""
+    mine = and_(Prediction.article_id == ArticleRow.id, Prediction.model_version == version)
+    query = query.outerjoin(Prediction, mine).where(Prediction.article_id.is_(None))
+    if since is not None:
+        query = query.where(ArticleRow.received_at >= since)
+    if source is not None:
+        query = query.where(ArticleRow.source == source)
+    return query
+
+
+def count_unclassified(
+    engine: Engine, version: str, since: datetime | None = None, source: str | None = None
+) -> int:
+    query = _without_prediction_of(
+        select(func.count()).select_from(ArticleRow), version, since, source
+    )
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
+
+
+def unclassified_page(
+    engine: Engine,
+    version: str,
+    *,
+    after: str,
+    limit: int,
+    since: datetime | None = None,
+    source: str | None = None,
+) -> list[dict[str, Any]]:
+    """The next `limit` articles by id after `after` that `version` has not classified, as
+    articles of the message contract (id, title, content, source). Paging by id, not by
+    offset: a page costs the same at the millionth article as at the first."""
+    columns = select(ArticleRow.id, ArticleRow.title, ArticleRow.content, ArticleRow.source)
+    query = _without_prediction_of(columns, version, since, source)
+    query = query.where(ArticleRow.id > after).order_by(ArticleRow.id).limit(limit)
+    with engine.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(query)]

@@ -1,4 +1,4 @@
-"""The one command line: `newsq worker | enqueue | db upgrade | model init | demo`.
+"""The one command line: `newsq worker | enqueue | ingest | reclassify | status | train | ...`.
 
 Options override the matching NEWSQ_* setting for this command and the processes it starts.
 """
@@ -6,6 +6,7 @@ Options override the matching NEWSQ_* setting for this command and the processes
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -234,6 +235,41 @@ def ingest(
         keep_ids=wait,
     )
     raise typer.Exit(run_ingest(get_settings(), options, wait=wait, timeout=timeout))
+
+
+@app.command()
+def reclassify(
+    since: Annotated[
+        datetime | None,
+        typer.Option(
+            help="Only articles received at or after this time (ISO 8601; UTC without a zone).",
+            formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"],
+        ),
+    ] = None,
+    source: Annotated[str | None, typer.Option(help="Only articles of this source.")] = None,
+    chunk_size: Annotated[int, typer.Option(help="Articles per message (1..1024).")] = 512,
+    max_queue: Annotated[
+        int, typer.Option(help="Wait while more messages than this are queued (backpressure).")
+    ] = 2000,
+    wait: Annotated[
+        float,
+        typer.Option(help="Seconds to wait until every running classify worker serves the model."),
+    ] = 300,
+    dry_run: Annotated[bool, typer.Option(help="Only count the articles.")] = False,
+) -> None:
+    """Send stored articles the promoted model has not classified through the queue again."""
+    from newsq.reclassify_cli import run_reclassify
+
+    code = run_reclassify(
+        get_settings(),
+        since=since,
+        source=source,
+        chunk_size=chunk_size,
+        max_queue=max_queue,
+        wait=wait,
+        dry_run=dry_run,
+    )
+    raise typer.Exit(code)
 
 
 @app.command()
