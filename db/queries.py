@@ -121,12 +121,24 @@ Columns = TypeVarTuple("Columns")
 
 
 def _without_prediction_of(
-    query: Select[*Columns], version: str, since: datetime | None, source: str | None
+    query: Select[*Columns],
+    version: str,
+    since: datetime | None,
+    source: str | None,
+    after: str = "",
 ) -> Select[*Columns]:
-    """Articles that `version` has not classified: an anti-join on the predictions' unique
-    (article_id, model_version) index, so a page costs an index probe per article."""
-    mine = and_(Prediction.article_id == ArticleRow.id, Prediction.model_version == version)
-    query = query.outerjoin(Prediction, mine).where(Prediction.article_id.is_(None))
+    """Articles with ids past `after` that `version` has not classified: an anti-join on the
+    predictions' unique (article_id, model_version) index. The bound is on both sides: without
+    it on the predictions', PostgreSQL's merge anti-join read their index from its start for
+    every page (200,000 articles, analyzed: a page of 4,096 took 25 ms at the start and 64 ms
+    near the end, 20 ms throughout with the bound), so a long table cost its square."""
+    mine = and_(
+        Prediction.article_id == ArticleRow.id,
+        Prediction.model_version == version,
+        Prediction.article_id > after,
+    )
+    query = query.outerjoin(Prediction, mine)
+    query = query.where(Prediction.article_id.is_(None), ArticleRow.id > after)
     if since is not None:
         query = query.where(ArticleRow.received_at >= since)
     if source is not None:
@@ -157,7 +169,7 @@ def unclassified_page(
     articles of the message contract (id, title, content, source). Paging by id, not by
     offset: a page costs the same at the millionth article as at the first."""
     columns = select(ArticleRow.id, ArticleRow.title, ArticleRow.content, ArticleRow.source)
-    query = _without_prediction_of(columns, version, since, source)
-    query = query.where(ArticleRow.id > after).order_by(ArticleRow.id).limit(limit)
+    query = _without_prediction_of(columns, version, since, source, after)
+    query = query.order_by(ArticleRow.id).limit(limit)
     with engine.connect() as conn:
         return [dict(row._mapping) for row in conn.execute(query)]
