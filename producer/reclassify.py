@@ -4,8 +4,9 @@ After a promotion only what arrives next gets the new model's labels; `newsq rec
 back what came before, so that `latest_predictions` (which prefers the promoted model's
 prediction) shows one model for every article. It reads `articles` in pages by id and leaves
 out what that model has already classified: a run that stopped is resumed by running it again,
-and a run after a finished one sends nothing. The workers write the new predictions beside the
-old ones (one row per article and model version), so the old model's labels stay queryable.
+and once the workers have caught up another run sends nothing (one sooner sends again what is
+still queued: its rows are upserted, not doubled). The workers write the new predictions beside
+the old ones (one row per article and model version), so the old model's labels stay queryable.
 """
 
 from __future__ import annotations
