@@ -432,6 +432,7 @@ def test_compose_file_is_valid_and_runs_the_tested_cli() -> None:
         "trainer",
         "flower",
         "ingest",
+        "reclassify",
     } <= set(services)
     assert "--requirepass" in services["redis"]["command"]
     assert "--appendonly" in services["redis"]["command"]
@@ -440,7 +441,7 @@ def test_compose_file_is_valid_and_runs_the_tested_cli() -> None:
     for name, gpu in (("worker-gpu0", "0"), ("worker-gpu1", "1")):
         (device,) = services[name]["deploy"]["resources"]["reservations"]["devices"]
         assert device["device_ids"] == [gpu] and device["capabilities"] == ["gpu"]
-    assert services["ingest"]["profiles"] == ["tools"]
+    assert services["ingest"]["profiles"] == services["reclassify"]["profiles"] == ["tools"]
     assert services["flower"]["command"][:4] == FLOWER_ARGS[:4]
     assert "--basic-auth=admin:change-me" in services["flower"]["command"]
 
@@ -451,7 +452,7 @@ def test_compose_file_is_valid_and_runs_the_tested_cli() -> None:
         argv = [*(service.get("entrypoint") or []), *(service.get("command") or [])]
         if argv and argv[0] == "newsq":
             parsed.add(parse_cli(argv[1:]))
-    assert parsed == {"upgrade", "worker", "ingest"}
+    assert parsed == {"upgrade", "worker", "ingest", "reclassify"}
 
 
 def parse_cli(args: list[str]) -> str:
