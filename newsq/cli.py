@@ -248,6 +248,9 @@ def reclassify(
     ] = None,
     source: Annotated[str | None, typer.Option(help="Only articles of this source.")] = None,
     chunk_size: Annotated[int, typer.Option(help="Articles per message (1..1024).")] = 512,
+    priority: Annotated[
+        int, typer.Option(help="0 (first) .. 9 (last): behind live traffic (0) by default.")
+    ] = 9,
     max_queue: Annotated[
         int, typer.Option(help="Wait while more messages than this are queued (backpressure).")
     ] = 2000,
@@ -265,6 +268,7 @@ def reclassify(
         since=since,
         source=source,
         chunk_size=chunk_size,
+        priority=priority,
         max_queue=max_queue,
         wait=wait,
         dry_run=dry_run,

@@ -24,6 +24,7 @@ def run_reclassify(
     since: datetime | None,
     source: str | None,
     chunk_size: int,
+    priority: int,
     max_queue: int,
     wait: float,
     dry_run: bool,
@@ -54,6 +55,7 @@ def run_reclassify(
                     engine,
                     selection,
                     chunk_size=chunk_size,
+                    priority=priority,
                     on_sent=lambda count: progress.advance(task, count),
                 )
         console.print(f"sent {sent:,} articles for {version}; `newsq status` follows the workers")

@@ -65,10 +65,11 @@ def send(
     selection: Selection,
     *,
     chunk_size: int,
+    priority: int | None = None,
     on_sent: Callable[[int], None] = lambda count: None,
 ) -> int:
     """Enqueue every selected article, a page at a time (the client's `max_queue` paces it);
-    returns how many were sent."""
+    returns how many were sent. `priority` 9 puts them behind live traffic (0 by default)."""
     sent, after = 0, ""
     while page := queries.unclassified_page(
         engine,
@@ -78,7 +79,7 @@ def send(
         since=selection.since,
         source=selection.source,
     ):
-        client.enqueue(page, chunk_size=chunk_size)
+        client.enqueue(page, chunk_size=chunk_size, priority=priority)
         sent += len(page)
         on_sent(len(page))
         after = page[-1]["id"]
