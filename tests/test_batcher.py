@@ -166,6 +166,28 @@ def test_an_alone_task_is_tokenized_and_batched_by_itself(
     ]
 
 
+def test_a_live_task_overtakes_the_bulk_tasks_waiting_in_the_inbox(
+    small_model: Path, sqlite_engine: Engine
+) -> None:
+    store = CountingStore(sqlite_engine)
+    batcher = make_batcher(small_model, store, runtime_class=WindowLog)
+    WindowLog.windows = []
+    # More tokens than a window holds (4 budgets of 2,048): the window closes at once, and the
+    # tasks below wait in the inbox while it is tokenized.
+    big = [Article(title=f"批量任务的第{i}条新闻标题") for i in range(1000)]
+    bulk = [[Article(title=f"批量{n}新闻{i}") for i in range(5)] for n in range(3)]
+    live = [Article(title=f"实时新闻{i}") for i in range(5)]
+    tickets = [batcher.submit(big, priority=9)]
+    tickets += [batcher.submit(articles, priority=9) for articles in bulk]
+    tickets.append(batcher.submit(live, priority=0))
+    assert all(ticket.wait(timeout=60) == batcher.runtime.version for ticket in tickets)
+    batcher.close()
+    order = [title for window in WindowLog.windows for title in window]
+    first_live = order.index(live[0].title)
+    assert first_live < order.index(bulk[0][0].title)  # submitted last, tokenized first
+    assert order[first_live : first_live + 5] == [a.title for a in live]
+
+
 def test_a_failed_batch_fails_its_tasks_and_the_batcher_keeps_serving(
     small_model: Path, sqlite_engine: Engine
 ) -> None:

@@ -175,3 +175,33 @@ def test_client_waits_for_and_reads_results(
         assert client.results(["never-sent"]) == {}
         with pytest.raises(TimeoutError, match="1 of 1 articles not classified"):
             client.wait(["never-sent"], timeout=0.5, poll=0.1)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_live_articles_overtake_a_bulk_job_the_worker_already_holds(
+    start_worker: WorkerFactory, clean_redis: str, engine: Engine
+) -> None:
+    """Priority 0 before 9 among the messages in hand too, not only when they are fetched."""
+    # 120 of the bulk job's messages in hand; windows of ~450 articles (2 budgets of 4,096
+    # tokens instead of the CPU's 16), so that most of what is held waits in the inbox
+    start_worker(articles_in_hand=6000, window_budgets=2)
+    bulk, live = titles(8000, "bulk"), titles(10, "live")
+    with NewsClient(clean_redis) as client:
+        client.enqueue(bulk, chunk_size=50, priority=9)
+        wait_until(lambda: committed_count(engine, [a[0] for a in bulk]) >= 200)
+        client.enqueue(live, priority=0)
+    ids = [a[0] for a in bulk + live]
+    wait_until(lambda: committed_count(engine, ids) == 8010, timeout=180)
+    with engine.connect() as conn:
+        live_done = conn.execute(
+            select(func.max(Prediction.created_at)).where(Prediction.article_id.like("live-%"))
+        ).scalar_one()
+        bulk_after = conn.execute(
+            select(func.count()).where(
+                Prediction.article_id.like("bulk-%"), Prediction.created_at > live_done
+            )
+        ).scalar_one()
+    # Taken in the order they came, the live articles waited behind the bulk ones in hand, and
+    # only those still in Redis then (fetched after them) came later: 2,573 here. Ahead of the
+    # held ones, they wait only for the windows already taken (~450 articles each): 5,150-5,300.
+    assert bulk_after > 4000, bulk_after

@@ -3,7 +3,7 @@
 Threads form a pipeline so that tokenizing, the forward pass and the SQL write of consecutive
 batches overlap (each releases the GIL in native code):
 
-    submit() -> inbox (a list per task) -> [tokenize: window, sort, cut, pad]
+    submit() -> inbox (a list per task, by priority) -> [tokenize: window, sort, cut, pad]
         -> 1 batch ahead per model thread -> [model] x model_threads
         -> up to 8 batches ahead -> [write: all that wait, in one transaction] x writers
 
@@ -12,6 +12,10 @@ NEWSQ_WRITERS write threads commit side by side (one by default: on 2 CPU cores 
 A newly promoted model is loaded beside the serving one (worker/reload.py) and takes over at the
 next window.
 
+The inbox serves the message priority's lower numbers first, as the broker does (0, the
+default, before 9): a worker holds tens of thousands of articles in hand, and without this a
+live article taken behind a bulk job at priority 9 (`newsq reclassify`) waited for all of it.
+
 A task submits its articles and gets a Ticket, which settles only when every one of its rows is
 committed; the Celery message is acked after that (acks_late, worker/completion.py), so a crash
 anywhere before the commit leaves the message to be redelivered.
@@ -19,6 +23,7 @@ anywhere before the commit leaves the message to be redelivered.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -40,6 +45,7 @@ from worker.reload import ModelReload, Watcher
 log = logging.getLogger(__name__)
 
 _STOP: Any = object()
+_LAST = 10  # the inbox key of _STOP: after every priority (0..9)
 # One transaction writes at most this many rows; up to SCORED_BACKLOG scored batches wait for it.
 WRITE_ROWS_CAP = 4096
 SCORED_BACKLOG = 8
@@ -188,7 +194,9 @@ class Batcher:
         )
         self._arrivals = ArrivalRate()  # read and written by the tokenize thread only
         self._deferred: list[_Item] | None = None  # an alone task's items, next window's own
-        self._inbox: queue.Queue[Any] = queue.Queue()
+        # (priority, order of submission, items): the lowest priority number first, then FIFO
+        self._inbox: queue.PriorityQueue[tuple[int, int, Any]] = queue.PriorityQueue()
+        self._order = itertools.count()
         # One batch prepared ahead of each model thread; scored batches wait for the writer,
         # which takes all that are waiting at once (see _collect_writes).
         self._prepared: queue.Queue[Any] = queue.Queue(maxsize=model_threads)
@@ -208,9 +216,12 @@ class Batcher:
             self._reload.start()
         return self
 
-    def submit(self, articles: Sequence[Article], *, alone: bool = False) -> Ticket:
+    def submit(
+        self, articles: Sequence[Article], *, alone: bool = False, priority: int = 0
+    ) -> Ticket:
         """`alone`: tokenize and run these articles in windows and forward passes of their own,
-        so that a crash of the process while they are in hand is theirs (worker/tasks.py)."""
+        so that a crash of the process while they are in hand is theirs (worker/tasks.py).
+        `priority`: the message's, 0 (first) .. 9 (last)."""
         if self._closed:
             raise RuntimeError("batcher is closed")
         ticket = Ticket(len(articles), alone=alone)
@@ -224,7 +235,8 @@ class Batcher:
             with self._unsettled_lock:
                 self._unsettled += 1
             ticket.then(self._one_settled)
-            self._inbox.put(items)  # one queue operation per task, not per article
+            key = min(max(priority, 0), _LAST - 1)  # any int a sender wrote comes before _STOP
+            self._inbox.put((key, next(self._order), items))  # one put per task, not per article
         return ticket
 
     def _one_settled(self) -> None:
@@ -238,7 +250,7 @@ class Batcher:
         self._closed = True
         if self._reload is not None:
             self._reload.close()
-        self._inbox.put(_STOP)
+        self._inbox.put((_LAST, next(self._order), _STOP))
         for thread in self._threads:
             thread.join(timeout)
 
@@ -277,7 +289,7 @@ class Batcher:
         """The items of the next task (or _STOP): an alone task set aside by the last window
         first."""
         chunk, self._deferred = self._deferred, None
-        return chunk if chunk is not None else self._inbox.get()
+        return chunk if chunk is not None else self._inbox.get()[2]
 
     def _collect_window(self, first: list[_Item]) -> tuple[list[_Item], bool]:
         """Wait for company while the policy expects some (BatchPolicy.wait_left), then take only
@@ -296,9 +308,9 @@ class Batcher:
             left = None if self._in_hand is None else max(0, self._in_hand() - self._unsettled)
             try:
                 if policy.window_closed(tokens, len(window), age, rate, left):
-                    chunk = self._inbox.get_nowait()
+                    chunk = self._inbox.get_nowait()[2]
                 else:
-                    chunk = self._inbox.get(timeout=policy.wait_left(age, rate))
+                    chunk = self._inbox.get(timeout=policy.wait_left(age, rate))[2]
             except queue.Empty:
                 break
             if chunk is _STOP:

@@ -77,7 +77,10 @@ def _submit(task: Task, intake: Intake, *, alone: bool) -> Ticket:
         metrics.REJECTS.inc(len(intake.rejects))
         if not intake.articles:
             return Ticket(0)
-        return services.batcher().submit(intake.articles, alone=alone)
+        priority = (task.request.delivery_info or {}).get("priority")
+        return services.batcher().submit(
+            intake.articles, alone=alone, priority=priority if type(priority) is int else 0
+        )
     except Exception as exc:
         _retry(task, intake, exc)
 
