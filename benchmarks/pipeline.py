@@ -777,8 +777,6 @@ class Run:
         self.deadline = deadline
         self.cases: list[Case] = []
         self.failures: list[str] = []
-        self.ceiling: dict[str, float] = {}
-        self.naive: dict[str, float] = {}
         self.save = save
 
     def measure(
@@ -987,7 +985,7 @@ def titles_for(titles: list[str], processes: int, args: Any, count: int | None =
 
 
 def measure(args: argparse.Namespace, save: Callable[[Run], None]) -> Run:
-    """Every step in order, with the bare ceiling and the naive rate per model."""
+    """Every step in order."""
     models, databases = args.models, args.databases
     scale = max(args.processes) if args.per_process else 1
     titles = read_titles(
@@ -1005,32 +1003,27 @@ def measure(args: argparse.Namespace, save: Callable[[Run], None]) -> Run:
                 if "null" in args.steps:
                     null_runs(run, dirs[shape], titles, args)
                 continue
-            compared = run.measure(
-                f"{shape} vs bare",
-                against_bare,
-                dirs[shape],
-                titles,
-                databases,
-                args,
-                run,
-            )
-            bare_rates = [c.rate for c in compared if c.kind == "bare"]
-            if bare_rates:
-                run.ceiling[shape] = max(bare_rates)
-                run.save(run)
+            run.measure(f"{shape} vs bare", against_bare, dirs[shape], titles, databases, args, run)
             if "naive" in args.steps:
-                for case in run.measure(
-                    f"naive {shape}", naive_run, dirs[shape], titles[: args.naive_articles], args
-                ):
-                    run.naive[shape] = case.rate
-                    run.save(run)
+                naive_titles = titles[: args.naive_articles]
+                run.measure(f"naive {shape}", naive_run, dirs[shape], naive_titles, args)
         if "single" in args.steps:
             one_article_runs(run, dirs, titles, args)
     return run
 
 
+def best_rates(cases: list[Case], kind: str) -> dict[str, float]:
+    """Per model, the best rate of its `kind` cases: "bare" gives the ceiling (the best of the
+    batch sizes and newsq's policy), "naive" the baseline."""
+    rates: dict[str, float] = {}
+    for case in cases:
+        if case.kind == kind:
+            rates[case.model] = max(rates.get(case.model, 0.0), case.rate)
+    return rates
+
+
 def report(args: argparse.Namespace, run: Run) -> str:
-    text = table(run.cases, run.ceiling, run.naive)
+    text = table(run.cases, best_rates(run.cases, "bare"), best_rates(run.cases, "naive"))
     for latency in (c for c in run.cases if c.kind == "latency"):
         light = latency.extra
         text += (
@@ -1056,8 +1049,8 @@ def write(args: argparse.Namespace, run: Run) -> None:
             "python": platform.python_version(),
             "torch": torch.__version__,
         },
-        "ceiling": run.ceiling,
-        "naive": run.naive,
+        "ceiling": best_rates(run.cases, "bare"),
+        "naive": best_rates(run.cases, "naive"),
         "cases": [{**asdict(c), "rate": round(c.rate, 1)} for c in run.cases],
         "failures": run.failures,
         "table": report(args, run),

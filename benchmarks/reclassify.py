@@ -27,7 +27,6 @@ from pathlib import Path
 import redis
 from sqlalchemy import Engine, select, text
 
-from db import queries
 from db.engine import make_engine
 from db.migrate import upgrade
 from db.models import ArticleRow
@@ -108,13 +107,7 @@ def plain_read(engine: Engine) -> int:
 
 
 def selection_only(engine: Engine, selection: reclassify.Selection) -> int:
-    read, after = 0, ""
-    while page := queries.unclassified_page(
-        engine, selection.version, after=after, limit=reclassify.PAGE
-    ):
-        read += len(page)
-        after = page[-1]["id"]
-    return read
+    return sum(len(page) for page in reclassify.pages(engine, selection))
 
 
 def main() -> None:

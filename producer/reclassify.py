@@ -11,9 +11,10 @@ the old ones (one row per article and model version), so the old model's labels 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -59,6 +60,22 @@ def wait_until_served(client: NewsClient, version: str, timeout: float) -> bool:
     return True
 
 
+def pages(engine: Engine, selection: Selection) -> Iterator[list[dict[str, Any]]]:
+    """The selected articles, PAGE at a time in id order: each query starts past the last id
+    of the page before, so the pages cost the same from the first to the last."""
+    after = ""
+    while page := queries.unclassified_page(
+        engine,
+        selection.version,
+        after=after,
+        limit=PAGE,
+        since=selection.since,
+        source=selection.source,
+    ):
+        yield page
+        after = page[-1]["id"]
+
+
 def send(
     client: NewsClient,
     engine: Engine,
@@ -70,17 +87,9 @@ def send(
 ) -> int:
     """Enqueue every selected article, a page at a time (the client's `max_queue` paces it);
     returns how many were sent. `priority` 9 puts them behind live traffic (0 by default)."""
-    sent, after = 0, ""
-    while page := queries.unclassified_page(
-        engine,
-        selection.version,
-        after=after,
-        limit=PAGE,
-        since=selection.since,
-        source=selection.source,
-    ):
+    sent = 0
+    for page in pages(engine, selection):
         client.enqueue(page, chunk_size=chunk_size, priority=priority)
         sent += len(page)
         on_sent(len(page))
-        after = page[-1]["id"]
     return sent
